@@ -1,0 +1,65 @@
+"""Per-shard chain-state checkpoints with orbax.
+
+One ``CheckpointManager`` per shard under ``DIR/checkpoints/shard-XXXXX``; the step number is the
+number of post-warmup draws already in the store (step 0 = warmup finished).  orbax writes each
+checkpoint to a temporary directory and renames it when complete, so a killed save leaves no
+half-written step; a damaged step (unreadable files) is skipped and the previous one restored.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def shard_dir(run_dir: Path, shard: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"shard-{shard:05d}"
+
+
+class ShardCheckpoints:
+    """Save / restore a pytree of arrays (the engine's ``Chains``) for one shard."""
+
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    @staticmethod
+    def _to_dict(tree) -> dict:
+        # orbax cannot store zero-size arrays; they are rebuilt from the template on restore
+        leaves = jax.tree.leaves(tree)
+        return {f"{i:03d}": np.asarray(x) for i, x in enumerate(leaves) if np.size(x) > 0}
+
+    def save(self, step: int, tree) -> None:
+        self._manager.save(step, args=ocp.args.StandardSave(self._to_dict(tree)), force=True)
+        self._manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def restore_latest(self, template) -> Optional[tuple[int, object]]:
+        """(step, tree) from the newest readable checkpoint, or None when there is none."""
+        leaves, treedef = jax.tree.flatten(template)
+        abstract = self._to_dict(template)
+        for step in reversed(self.steps()):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as err:  # noqa: BLE001 - any failure means this step is unusable
+                log.warning("checkpoint %s step %d is unreadable (%s); trying the previous one",
+                            self.directory, step, err)
+                continue
+            out = [np.asarray(restored[f"{i:03d}"]) if np.size(x) > 0 else np.asarray(x)
+                   for i, x in enumerate(leaves)]
+            return step, jax.tree.unflatten(treedef, out)
+        return None
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,209 @@
+"""Run configuration: TOML file -> validated pydantic model (unknown keys are errors)."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sampler.errors import UserError
+from sampler.model import LEAVES, store_name
+
+ALGORITHM_NAMES = ("auto", "nuts", "hmc")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    state_dim: int = Field(ge=1)
+    emission_dim: int = Field(ge=1)
+    input_dim: int = Field(0, ge=0)
+    frozen: list[str] = []
+    #: initial values by leaf name (dotted or underscored): a number (times identity for square
+    #: covariance leaves, filled otherwise) or a nested list of the leaf's shape.
+    init: dict[str, Any] = {}
+    #: Kalman filter used in the log density: auto | information | covariance | dynamax (reference).
+    kalman: Literal["auto", "information", "covariance", "dynamax"] = "auto"
+
+    @field_validator("frozen")
+    @classmethod
+    def _known_frozen(cls, names):
+        return [_canonical_leaf(n, "model.frozen") for n in names]
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, values):
+        return {_canonical_leaf(k, "model.init"): v for k, v in values.items()}
+
+
+class DataConfig(_Section):
+    path: str
+
+
+class SamplerConfig(_Section):
+    algorithm: Literal["auto", "nuts", "hmc"] = "auto"
+    num_chains: int = Field(4, ge=1)
+    num_warmup: int = Field(500, ge=0)
+    num_draws: int = Field(1000, ge=1)
+    seed: int = Field(0, ge=0)
+    #: leapfrog steps per HMC draw (the seed uses 5); NUTS chooses its own.
+    num_integration_steps: int = Field(5, ge=1)
+    max_num_doublings: int = Field(10, ge=1, le=15)
+    target_acceptance_rate: float = Field(0.8, gt=0.0, lt=1.0)
+    #: step size when num_warmup = 0 (no adaptation).
+    initial_step_size: float = Field(0.1, gt=0.0)
+    dtype: Literal["float64", "float32"] = "float64"
+
+
+class RunConfig(_Section):
+    dir: str = "runs/run"
+    checkpoint_every: int = Field(100, ge=1)
+    workers: int = Field(1, ge=0)
+    #: datasets per shard (a unit of work and of checkpointing); 0 = all datasets in one shard.
+    shard_size: int = Field(256, ge=0)
+    #: checkpoints kept per shard (at least 2, so a damaged latest one falls back to the previous).
+    keep_checkpoints: int = Field(2, ge=2)
+
+
+class Config(_Section):
+    model: ModelConfig
+    data: DataConfig
+    sampler: SamplerConfig = SamplerConfig()
+    run: RunConfig = RunConfig()
+
+    def resolved_algorithm(self) -> str:
+        """The kernel that ``algorithm = "auto"`` stands for (NUTS for now)."""
+        return "nuts" if self.sampler.algorithm == "auto" else self.sampler.algorithm
+
+
+#: config keys whose change alters the draws (resume refuses when they differ).
+RESULT_KEYS = ("model", "data", "sampler", "run.checkpoint_every", "run.shard_size")
+
+
+def _canonical_leaf(name: str, where: str) -> str:
+    for leaf in LEAVES:
+        if name in (leaf, store_name(leaf)):
+            return leaf
+    raise ValueError(f"unknown parameter leaf {name!r} in {where}; known: {', '.join(LEAVES)}")
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides (dotted keys, TOML values; bare words are strings)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. sampler.num_draws=200")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part} is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return raw
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    return f"{source}: {loc}: {msg}"
+
+
+def from_dict(raw: dict, source: str = "config", base_dir: Optional[Path] = None) -> "Config":
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+    if base_dir is not None:
+        data_path = Path(cfg.data.path)
+        if not data_path.is_absolute():
+            cfg.data.path = str((base_dir / data_path).resolve())
+        run_dir = Path(cfg.run.dir)
+        if not run_dir.is_absolute():
+            cfg.run.dir = str((base_dir / run_dir).resolve())
+    return cfg
+
+
+def load(path, overrides: Optional[list[str]] = None, **settings) -> Config:
+    """Read a TOML config; relative paths are relative to the config file.
+
+    Args:
+        path: the TOML file.
+        overrides: ``KEY=VALUE`` strings (``--set``).
+        settings: dotted-key overrides as Python values with ``__`` for dots,
+            e.g. ``sampler__num_draws=200`` (the Python API's ``**overrides``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: invalid TOML: {err}") from None
+    apply_overrides(raw, list(overrides or []))
+    for key, value in settings.items():
+        *parents, leaf = key.split("__")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(raw, str(path), path.parent.resolve())
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise the resolved config (the run dir's ``config.toml``)."""
+    lines = []
+    for section, model in (("model", cfg.model), ("data", cfg.data), ("sampler", cfg.sampler), ("run", cfg.run)):
+        lines.append(f"[{section}]")
+        for key, value in model.model_dump().items():
+            if key == "init":
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    if cfg.model.init:
+        lines.append("[model.init]")
+        for key, value in cfg.model.init.items():
+            lines.append(f'"{key}" = {_toml_value(value)}')
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def result_fingerprint(cfg: Config) -> dict[str, Any]:
+    """The settings that change the draws, flattened to dotted keys (compared on resume)."""
+    dump = cfg.model_dump()
+    flat: dict[str, Any] = {}
+    for key in RESULT_KEYS:
+        section, _, field = key.partition(".")
+        if field:
+            flat[key] = dump[section][field]
+        else:
+            for sub, value in dump[section].items():
+                flat[f"{section}.{sub}"] = value
+    return flat

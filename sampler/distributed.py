@@ -1,0 +1,82 @@
+"""Ray layer: one actor per worker runs whole shards through ``runner.run_shard``; the driver keeps a
+queue of shards (faster workers take more), replaces a worker that dies and re-queues its shard, which
+resumes from the shard's last checkpoint (so no draw is lost or duplicated)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from sampler import driver, runner
+from sampler.runner import RunContext, Shard
+
+log = logging.getLogger(__name__)
+MAX_SHARD_RETRIES = 3
+
+
+@ray.remote
+class ShardWorker:
+    """Holds a run's context (model, data, compiled programs) and samples the shards it is given."""
+
+    def __init__(self, run_dir: str):
+        # JAX hygiene: do not grab all GPU memory (several actors may share a host)
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        self.ctx = RunContext.from_run_dir(Path(run_dir))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, shard: Shard) -> int:
+        return runner.run_shard(self.ctx, shard)
+
+
+def _start_ray(address: Optional[str], workers: int) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+
+def _new_worker(run_dir: Path):
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(str(run_dir))
+
+
+def run_shards(ctx: RunContext, workers: int, address: Optional[str], bar) -> None:
+    """Run every shard of ``ctx`` on ``workers`` Ray actors, updating ``bar`` from checkpoints."""
+    _start_ray(address, workers)
+    run_dir = ctx.run_dir
+    queue = list(ctx.shards)
+    retries: dict[int, int] = {}
+    idle = [_new_worker(run_dir) for _ in range(min(workers, len(queue)))]
+    running: dict = {}  # object ref -> (worker, shard)
+    shown = 0
+    while queue or running:
+        while queue and idle:
+            worker, shard = idle.pop(), queue.pop(0)
+            running[worker.run.remote(shard)] = (worker, shard)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        for ref in ready:
+            worker, shard = running.pop(ref)
+            try:
+                ray.get(ref)
+                idle.append(worker)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
+                retries[shard.index] = retries.get(shard.index, 0) + 1
+                driver.record_event(run_dir, kind="shard_failed", shard=shard.index, error=type(err).__name__)
+                if retries[shard.index] > MAX_SHARD_RETRIES:
+                    raise RuntimeError(f"shard {shard.index} failed {retries[shard.index]} times; giving up") from err
+                log.warning("worker died on shard %d (%s); replacing it and resuming the shard",
+                            shard.index, type(err).__name__)
+                ray.kill(worker, no_restart=True)
+                idle.append(_new_worker(run_dir))
+                queue.insert(0, shard)
+        done = sum(p["draws_done"] * (p["datasets"][1] - p["datasets"][0]) for p in driver.shard_progress(run_dir))
+        bar.update(done - shown)
+        shown = done

@@ -1,0 +1,133 @@
+"""The batched engine: datasets x chains in one compiled program, split over the local devices.
+
+Pure JAX: no files, no Ray.  The batch axis B enumerates (dataset, chain) pairs of a shard,
+dataset-major (``b = d * num_chains + c``).  Every chain's randomness comes from its own key,
+``fold_in(fold_in(PRNGKey(seed), dataset), chain)``, and every draw's from
+``fold_in(fold_in(chain_key, DRAW), draw_index)``: results do not depend on how datasets are split
+into shards, devices or interrupted blocks.
+"""
+from __future__ import annotations
+
+from functools import lru_cache, partial
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+from dynamax.linear_gaussian_ssm import ParamsLGSSM
+
+from sampler import kernels
+from sampler.kernels import ChainState, StepStats, Tuning
+from sampler.model import Model
+
+# Stream tags under each chain key.
+_INIT, _WARMUP, _DRAW = 0, 1, 2
+
+
+class Batch(NamedTuple):
+    """Per-chain data, leading axis B.
+
+    dataset: (B,) global dataset index.  chain: (B,) chain index.
+    emissions: (B, M, T, D) with NaN for missing.  inputs: (B, M, T, U) or None.
+    init_values: dotted leaf name -> (B, *leaf_shape) given initial (or frozen) values.
+    """
+    dataset: jax.Array
+    chain: jax.Array
+    emissions: jax.Array
+    inputs: Optional[jax.Array]
+    init_values: dict
+
+
+class Draws(NamedTuple):
+    """One block of draws, leading axes (num_draws, B)."""
+    params: ParamsLGSSM   # constrained
+    lp: jax.Array         # log prior + log likelihood
+    stats: StepStats
+    step_size: jax.Array
+
+
+class Chains(NamedTuple):
+    """Everything needed to continue the chains (what a checkpoint holds, besides the draw index)."""
+    state: ChainState     # leaves (B, ...)
+    tuning: Tuning        # leaves (B, ...)
+    anchor: ParamsLGSSM   # (B, ...) frozen / initial values
+
+
+def chain_keys(seed: int, dataset, chain):
+    """(B,) PRNG keys, one stream per (dataset, chain)."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda d, c: jax.random.fold_in(jax.random.fold_in(base, d), c))(dataset, chain)
+
+
+# --- per-chain functions (vmapped below) ------------------------------------------------------------
+def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
+              key, emissions, inputs, init_values):
+    anchor = model.initial_params(jax.random.fold_in(key, _INIT), init_values)
+    anchor = jax.tree.map(lambda x: x.astype(emissions.dtype), anchor)
+    position = model.to_position(anchor)
+    logdensity_fn = model.logdensity_fn(anchor, emissions, inputs)
+    if num_warmup > 0:
+        state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, logdensity_fn, num_warmup)
+    else:
+        state = kernels.init_state(position, logdensity_fn)
+        tuning = Tuning(jnp.asarray(initial_step_size, position.dtype), jnp.ones_like(position))
+    return Chains(state, tuning, anchor)
+
+
+def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
+                key, chains: Chains, emissions, inputs, start):
+    logdensity_fn = model.logdensity_fn(chains.anchor, emissions, inputs)
+    draw_key = jax.random.fold_in(key, _DRAW)
+
+    def one_draw(state, i):
+        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, logdensity_fn, chains.tuning)
+        params = model.to_params(state.position, chains.anchor)
+        lp = state.logdensity - model.log_det_jacobian(state.position)
+        return state, Draws(params, lp, stats, chains.tuning.step_size)
+
+    state, draws = jax.lax.scan(one_draw, chains.state, jnp.arange(num_draws))
+    return chains._replace(state=state), draws
+
+
+# --- batched, device-split programs ------------------------------------------------------------------
+def _split_over_devices(fn, num_batched: int, num_replicated: int):
+    """Run ``fn`` (batched args first, then replicated scalars) over all local devices.
+
+    With one device this is plain ``jit``.  With several, the batch axis is split over a 1-D mesh with
+    ``shard_map`` so that every device runs its own loops (a vmapped NUTS ``while_loop`` does not wait
+    for the longest trajectory on another device).  B must be a multiple of the device count.
+    """
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return jax.jit(fn)
+    mesh = Mesh(np.array(devices), ("batch",))
+    in_specs = (P("batch"),) * num_batched + (P(),) * num_replicated
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("batch"), check_vma=False))
+
+
+@lru_cache(maxsize=None)
+def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float):
+    """Compiled ``(keys, emissions, inputs, init_values) -> Chains``: initial values + warmup."""
+    one = partial(_init_one, model, kernel, num_warmup, initial_step_size)
+    return _split_over_devices(jax.vmap(one), 4, 0)
+
+
+@lru_cache(maxsize=None)
+def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int):
+    """Compiled ``(keys, chains, emissions, inputs, start) -> (chains, draws)`` for one block.
+
+    ``draws`` leaves come out as (B, num_draws, ...).
+    """
+    one = partial(_sample_one, model, kernel, num_draws)
+    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None)), 4, 1)
+
+
+def pad_to_devices(tree, batch: int):
+    """Pad the leading axis of every leaf from ``batch`` to a multiple of the local device count by
+    repeating the last element (padded chains are real computations whose results are discarded)."""
+    n = jax.local_device_count()
+    padded = -(-batch // n) * n
+    if padded == batch:
+        return tree
+    return jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], padded - batch, axis=0)]), tree)

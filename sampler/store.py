@@ -1,0 +1,91 @@
+"""The run's Zarr v3 store in ArviZ layout, created at full size and filled block by block.
+
+Groups ``posterior`` (one array per dynamax leaf), ``sample_stats`` and ``observed_data``; dims
+``(chain, draw, dataset, ...)``.  Chunks are ``(num_chains, checkpoint_every, shard_size, ...)`` so a
+block of draws of one shard is a set of whole chunks: writers never share a chunk and re-writing a
+block after a resume is idempotent.  Unwritten draws read as NaN.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from sampler.model import LEAVES, Model, store_name
+
+STATS = {  # name -> dtype
+    "lp": "float64", "acceptance_rate": "float64", "diverging": "bool",
+    "step_size": "float64", "n_steps": "int32", "energy": "float64",
+}
+_FILL = {"float64": np.nan, "float32": np.nan, "bool": False, "int32": -1}
+
+
+def leaf_dims(leaf: str) -> tuple[str, ...]:
+    """Dimension names of a leaf's own axes."""
+    return {
+        "initial.mean": ("state",), "initial.cov": ("state", "state_col"),
+        "dynamics.weights": ("state", "state_col"), "dynamics.bias": ("state",),
+        "dynamics.input_weights": ("state", "input"), "dynamics.cov": ("state", "state_col"),
+        "emissions.weights": ("emission", "state_col"), "emissions.bias": ("emission",),
+        "emissions.input_weights": ("emission", "input"), "emissions.cov": ("emission", "emission_col"),
+    }[leaf]
+
+
+def _create(group, name, shape, chunks, dtype, dims):
+    return group.create_array(
+        name, shape=shape, chunks=tuple(max(1, c) for c in chunks), dtype=dtype,
+        fill_value=_FILL[dtype], dimension_names=dims, overwrite=True)
+
+
+def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_datasets: int,
+           draws_per_chunk: int, datasets_per_chunk: int, emissions: np.ndarray, inputs,
+           has_sequences: bool, attrs: Mapping) -> None:
+    """Create the empty store with observed data written.  emissions: (N, M, T, D)."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs.update(dict(attrs))
+    lead = (num_chains, num_draws, num_datasets)
+    lead_chunks = (num_chains, draws_per_chunk, datasets_per_chunk)
+    lead_dims = ("chain", "draw", "dataset")
+    posterior = root.create_group("posterior")
+    for leaf in LEAVES:
+        shape = model.leaf_shape(leaf)
+        _create(posterior, store_name(leaf), lead + shape, lead_chunks + shape, "float64",
+                lead_dims + leaf_dims(leaf))
+    stats = root.create_group("sample_stats")
+    for name, dtype in STATS.items():
+        _create(stats, name, lead, lead_chunks, dtype, lead_dims)
+    observed = root.create_group("observed_data")
+    seq_dims = ("sequence",) if has_sequences else ()
+    for name, arr, last in (("emissions", emissions, "emission"), ("inputs", inputs, "input")):
+        if arr is None:
+            continue
+        arr = arr if has_sequences else arr[:, 0]
+        a = _create(observed, name, arr.shape, (datasets_per_chunk,) + arr.shape[1:], "float64",
+                    ("dataset",) + seq_dims + ("time", last))
+        a[...] = arr
+    zarr.consolidate_metadata(str(path))
+
+
+def write_block(path: Path, draw_start: int, dataset_start: int, params: Mapping[str, np.ndarray],
+                stats: Mapping[str, np.ndarray]) -> None:
+    """Write one block of draws of one shard.
+
+    Args:
+        params: store leaf name -> (C, K, n, *leaf_shape) constrained values.
+        stats: sample-stat name -> (C, K, n).
+    """
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    for group, arrays in (("posterior", params), ("sample_stats", stats)):
+        for name, value in arrays.items():
+            k, n = value.shape[1], value.shape[2]
+            if value.size == 0:
+                continue
+            root[group][name][:, draw_start:draw_start + k, dataset_start:dataset_start + n] = value
+
+
+def open_tree(path: Path) -> xr.DataTree:
+    """The store as an ``xarray.DataTree``."""
+    return xr.open_datatree(str(path), engine="zarr")
