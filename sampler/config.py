@@ -10,9 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sampler.errors import UserError
 from sampler.model import LEAVES, store_name
 
-ALGORITHM_NAMES = ("auto", "nuts", "hmc")
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -44,9 +41,9 @@ class DataConfig(_Section):
 
 
 class SamplerConfig(_Section):
-    algorithm: Literal["auto", "nuts", "hmc"] = "auto"
+    algorithm: Literal["auto", "gibbs", "nuts", "hmc"] = "auto"
     num_chains: int = Field(4, ge=1)
-    num_warmup: int = Field(500, ge=0)
+    num_warmup: int = Field(500, ge=0)  # adaptation (NUTS, HMC) or burn-in (Gibbs) draws
     num_draws: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0)
     #: leapfrog steps per HMC draw (the seed uses 5); NUTS chooses its own.
@@ -75,8 +72,10 @@ class Config(_Section):
     run: RunConfig = RunConfig()
 
     def resolved_algorithm(self) -> str:
-        """The kernel that ``algorithm = "auto"`` stands for (NUTS for now)."""
-        return "nuts" if self.sampler.algorithm == "auto" else self.sampler.algorithm
+        """The kernel that ``algorithm = "auto"`` stands for: blocked Gibbs, since every leaf of this
+        model has a conjugate conditional (with or without frozen leaves); measured to give far more
+        effective draws per second than NUTS or HMC on the LG-SSM (see README)."""
+        return "gibbs" if self.sampler.algorithm == "auto" else self.sampler.algorithm
 
 
 #: config keys whose change alters the draws (resume refuses when they differ).

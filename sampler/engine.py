@@ -66,22 +66,22 @@ def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_ste
     anchor = model.initial_params(jax.random.fold_in(key, _INIT), init_values)
     anchor = jax.tree.map(lambda x: x.astype(emissions.dtype), anchor)
     position = model.to_position(anchor)
-    logdensity_fn = model.logdensity_fn(anchor, emissions, inputs)
+    target = kernels.Target(model, anchor, emissions, inputs)
     if num_warmup > 0:
-        state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, logdensity_fn, num_warmup)
+        state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, target, num_warmup)
     else:
-        state = kernels.init_state(position, logdensity_fn)
+        state = kernels.init_state(position, target)
         tuning = Tuning(jnp.asarray(initial_step_size, position.dtype), jnp.ones_like(position))
     return Chains(state, tuning, anchor)
 
 
 def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
                 key, chains: Chains, emissions, inputs, start):
-    logdensity_fn = model.logdensity_fn(chains.anchor, emissions, inputs)
+    target = kernels.Target(model, chains.anchor, emissions, inputs)
     draw_key = jax.random.fold_in(key, _DRAW)
 
     def one_draw(state, i):
-        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, logdensity_fn, chains.tuning)
+        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, target, chains.tuning)
         params = model.to_params(state.position, chains.anchor)
         lp = state.logdensity - model.log_det_jacobian(state.position)
         return state, Draws(params, lp, stats, chains.tuning.step_size)

@@ -145,11 +145,11 @@ def _information_filter(params, emissions, inputs, partial_missing):
         m_post = m + Wt.T @ v
         P_post = Wt.T @ Wt
         m_pred, P_pred = _predict(m_post, P_post, params, u_next)
-        return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), None
+        return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), (m_post, P_post)
 
     carry0 = (jnp.zeros((), J.dtype), params.initial.mean, params.initial.cov)
-    (ll, _, _), _ = jax.lax.scan(step, carry0, (J, h, q, logdet_R, n_obs, next_inputs))
-    return ll
+    (ll, _, _), filtered = jax.lax.scan(step, carry0, (J, h, q, logdet_R, n_obs, next_inputs))
+    return ll, filtered
 
 
 def _covariance_filter(params, emissions, inputs):
@@ -172,13 +172,13 @@ def _covariance_filter(params, emissions, inputs):
         G = solve_triangular(L_S, Hm @ P, lower=True)
         ll_t = -0.5 * (jnp.sum(m_t) * _LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_S))) + v @ v)
         m_post = m + G.T @ v
-        P_post = P - G.T @ G
-        m_pred, P_pred = _predict(m_post, 0.5 * (P_post + P_post.T), params, u_next)
-        return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), None
+        P_post = 0.5 * (P - G.T @ G + (P - G.T @ G).T)
+        m_pred, P_pred = _predict(m_post, P_post, params, u_next)
+        return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), (m_post, P_post)
 
     carry0 = (jnp.zeros((), H.dtype), params.initial.mean, params.initial.cov)
-    (ll, _, _), _ = jax.lax.scan(step, carry0, (y, c, mask, R_t, next_inputs))
-    return ll
+    (ll, _, _), filtered = jax.lax.scan(step, carry0, (y, c, mask, R_t, next_inputs))
+    return ll, filtered
 
 
 def marginal_log_prob(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = None, *,
@@ -202,6 +202,16 @@ def marginal_log_prob(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array
     Returns:
         Scalar log-likelihood.
     """
+    return kalman_filter(params, emissions, inputs, form=form, partial_missing=partial_missing)[0]
+
+
+def kalman_filter(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = None, *,
+           form: Form = "auto", partial_missing: bool = True):
+    """Kalman filter: log-likelihood and filtered moments (same arguments as ``marginal_log_prob``).
+
+    Returns:
+        (log_likelihood (), filtered_means (T, S), filtered_covariances (T, S, S)).
+    """
     T, D = emissions.shape
     S = params.initial.mean.shape[-1]
     if inputs is None:
@@ -220,7 +230,9 @@ def marginal_log_prob(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array
     if form == "auto":
         form = "information" if D > S else "covariance"
     if form == "information":
-        return _information_filter(params, emissions, inputs, partial_missing)
-    if form == "covariance":
-        return _covariance_filter(params, emissions, inputs)
-    raise ValueError(f"unknown Kalman form {form!r}; expected 'auto', 'information' or 'covariance'")
+        ll, (means, covs) = _information_filter(params, emissions, inputs, partial_missing)
+    elif form == "covariance":
+        ll, (means, covs) = _covariance_filter(params, emissions, inputs)
+    else:
+        raise ValueError(f"unknown Kalman form {form!r}; expected 'auto', 'information' or 'covariance'")
+    return ll, means, covs

@@ -3,20 +3,39 @@
 Every kernel exposes the same two pure functions so the engine can vmap them over
 datasets x chains without knowing which algorithm runs:
 
-* ``warmup(key, position, logdensity_fn, num_steps) -> (ChainState, Tuning)``
-* ``step(key, state, logdensity_fn, tuning) -> (ChainState, StepStats)``
+* ``warmup(key, position, target, num_steps) -> (ChainState, Tuning)``
+* ``step(key, state, target, tuning) -> (ChainState, StepStats)``
+
+``target`` is one dataset's posterior (``Target``).  The chain state is blackjax's ``HMCState``
+(position, logdensity, logdensity_grad) for every kernel, so checkpoints have one layout.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
+
+from functools import lru_cache
 
 import blackjax
 import jax
 import jax.numpy as jnp
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.mcmc.hmc import HMCState as ChainState
+from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-ALGORITHMS = ("nuts", "hmc")
+from sampler.model import Model
+
+ALGORITHMS = ("nuts", "hmc", "gibbs")
+
+
+class Target(NamedTuple):
+    """One dataset's posterior: the model, the chain's anchor (frozen values) and the data."""
+    model: Model
+    anchor: ParamsLGSSM
+    emissions: jax.Array             # (M, T, D)
+    inputs: Optional[jax.Array]      # (M, T, U) or None
+
+    def logdensity_fn(self):
+        return self.model.logdensity_fn(self.anchor, self.emissions, self.inputs)
 
 
 class Tuning(NamedTuple):
@@ -47,21 +66,24 @@ def _sampling_algorithm(name: str, num_integration_steps: int, max_num_doublings
     raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")
 
 
+@lru_cache(maxsize=None)
 def build(name: str, *, num_integration_steps: int = 5, max_num_doublings: int = 10,
           target_acceptance_rate: float = 0.8) -> Kernel:
-    """The kernel for ``name`` ("nuts" or "hmc")."""
+    """The kernel for ``name`` ("nuts", "hmc" or "gibbs")."""
+    if name == "gibbs":
+        return _gibbs_kernel()
     algorithm, extra = _sampling_algorithm(name, num_integration_steps, max_num_doublings)
 
-    def warmup(key, position, logdensity_fn, num_steps: int):
+    def warmup(key, position, target: Target, num_steps: int):
         adaptation = blackjax.window_adaptation(
-            algorithm, logdensity_fn, target_acceptance_rate=target_acceptance_rate,
+            algorithm, target.logdensity_fn(), target_acceptance_rate=target_acceptance_rate,
             adaptation_info_fn=get_filter_adapt_info_fn(), **extra)
         (state, parameters), _ = adaptation.run(key, position, num_steps=num_steps)
         return state, Tuning(jnp.asarray(parameters["step_size"], position.dtype),
                              parameters["inverse_mass_matrix"])
 
-    def step(key, state, logdensity_fn, tuning: Tuning):
-        kernel = algorithm(logdensity_fn, tuning.step_size, tuning.inverse_mass_matrix, **extra)
+    def step(key, state, target: Target, tuning: Tuning):
+        kernel = algorithm(target.logdensity_fn(), tuning.step_size, tuning.inverse_mass_matrix, **extra)
         new_state, info = kernel.step(key, state)
         n_steps = getattr(info, "num_integration_steps", num_integration_steps)
         return new_state, StepStats(info.acceptance_rate, info.is_divergent,
@@ -70,6 +92,33 @@ def build(name: str, *, num_integration_steps: int = 5, max_num_doublings: int =
     return Kernel(name, warmup, step)
 
 
-def init_state(position, logdensity_fn) -> ChainState:
+def init_state(position, target: Target) -> ChainState:
     """Chain state at ``position`` without adaptation (used when num_warmup = 0)."""
-    return blackjax.hmc.init(position, logdensity_fn)
+    return blackjax.hmc.init(position, target.logdensity_fn())
+
+
+def _gibbs_kernel() -> Kernel:
+    """Blocked Gibbs (``sampler.gibbs``): no tuning; warmup is plain burn-in.
+
+    Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
+    """
+    from sampler import gibbs
+
+    def step(key, state, target: Target, tuning: Tuning):
+        model = target.model
+        params = model.to_params(state.position, target.anchor)
+        params = gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs)
+        position = model.to_position(params)
+        logdensity = target.logdensity_fn()(position)
+        nan = jnp.full((), jnp.nan, position.dtype)
+        stats = StepStats(jnp.ones((), position.dtype), jnp.zeros((), bool), jnp.ones((), jnp.int32), nan)
+        return ChainState(position, logdensity, jnp.zeros_like(position)), stats
+
+    def warmup(key, position, target: Target, num_steps: int):
+        state = ChainState(position, target.logdensity_fn()(position), jnp.zeros_like(position))
+        tuning = Tuning(jnp.full((), jnp.nan, position.dtype), jnp.ones_like(position))
+        keys = jax.random.split(key, num_steps)
+        state, _ = jax.lax.scan(lambda s, k: step(k, s, target, tuning), state, keys)
+        return state, tuning
+
+    return Kernel("gibbs", warmup, step)

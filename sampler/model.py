@@ -62,6 +62,7 @@ class Model:
         kalman_form: ``"auto" | "information" | "covariance"`` (see ``sampler.kalman``) or
             ``"dynamax"`` for dynamax's own filter (reference; no missing data).
         partial_missing: whether some emission rows are partly NaN (static; picks the Kalman path).
+        has_missing: whether any emission entry is NaN (static; Gibbs then imputes missing entries).
     """
     state_dim: int
     emission_dim: int
@@ -69,6 +70,7 @@ class Model:
     frozen: tuple[str, ...] = ()
     kalman_form: str = "auto"
     partial_missing: bool = False
+    has_missing: bool = False
 
     def __post_init__(self):
         # Build dynamax objects eagerly: built lazily inside a jit trace, their prior arrays would be
