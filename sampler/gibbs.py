@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
-from dynamax.utils.distributions import InverseWishart
 
 from sampler import kalman
+from sampler.priors import sample_inverse_wishart
 from sampler.model import Model
 
 
@@ -113,7 +113,7 @@ def _regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sig
         Psi = Psi + E @ jnp.linalg.solve(V_ff, E.T)
         nu = nu + len(f)
     if not a:  # every column frozen: Sigma | W ~ IW(nu + N, Psi + residual scatter)
-        return W, InverseWishart(nu + Y.shape[0], _sym(Psi + Y.T @ Y)).sample(seed=k_sigma)
+        return W, sample_inverse_wishart(k_sigma, nu + Y.shape[0], _sym(Psi + Y.T @ Y))
     Lam_aa = Lam[np.ix_(a, a)]
     M0a = M0[:, a]
     if f:
@@ -125,7 +125,7 @@ def _regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sig
     L = jnp.linalg.cholesky(Sxx)
     Mn = jax.scipy.linalg.cho_solve((L, True), Sxy).T  # (k, |a|)
     if sigma_free:
-        Sigma = InverseWishart(nu + Y.shape[0], _sym(Psi + Syy - Mn @ Sxy)).sample(seed=k_sigma)
+        Sigma = sample_inverse_wishart(k_sigma, nu + Y.shape[0], _sym(Psi + Syy - Mn @ Sxy))
     G = jax.random.normal(k_w, Mn.shape, Mn.dtype)
     # W_a = Mn + chol(Sigma) G L^-1, so that rows have covariance Sxx^-1
     Wa = Mn + jnp.linalg.cholesky(Sigma) @ solve_triangular(L, G.T, lower=True, trans="T").T

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM, ParamsLGSSM
 from dynamax.parameters import ParameterProperties
+from dynamax.utils.bijectors import RealToPSDBijector
 
-from sampler import kalman
+from sampler import kalman, priors
 
 #: dynamax leaf names, in ParamsLGSSM order.
 LEAVES: tuple[str, ...] = (
@@ -72,17 +73,17 @@ class Model:
     partial_missing: bool = False
     has_missing: bool = False
 
-    def __post_init__(self):
-        # Build dynamax objects eagerly: built lazily inside a jit trace, their prior arrays would be
-        # tracers cached on this (hashable, reused) object and leak into later traces.
-        _ = self.ssm, self.props, self._unconstrained_shapes
-
-    @cached_property
+    # dynamax models and tfp bijectors are built afresh on every access, never cached on this
+    # (hashable, reused) object: tfp bijectors memoise their inputs, and a value memoised inside one
+    # jit trace would leak as a tracer into the next.
+    @property
     def ssm(self) -> LinearGaussianConjugateSSM:
+        """dynamax model: priors, sampling, reference filter."""
         return LinearGaussianConjugateSSM(self.state_dim, self.emission_dim, self.input_dim)
 
-    @cached_property
+    @property
     def props(self) -> ParamsLGSSM:
+        """dynamax ``ParameterProperties`` tree (trainable flags, bijectors)."""
         _, props = self.ssm.initialize(jax.random.PRNGKey(0))
         for leaf in self.frozen:
             prop = get_leaf(props, leaf)
@@ -116,8 +117,10 @@ class Model:
         return params
 
     # --- position <-> params --------------------------------------------------------------------
-    def _bijector(self, leaf):
-        return get_leaf(self.props, leaf).constrainer
+    @staticmethod
+    def _bijector(leaf):
+        """dynamax's constrainer of a leaf (a new instance; see ``ssm``): PSD for covariances."""
+        return RealToPSDBijector() if leaf.endswith(".cov") else None
 
     @cached_property
     def _unconstrained_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -182,7 +185,7 @@ class Model:
 
     def log_joint(self, params: ParamsLGSSM, emissions, inputs=None) -> jax.Array:
         """log prior + log likelihood at constrained params (the seed's ``lps``)."""
-        return self.ssm.log_prior(params) + self.log_likelihood(params, emissions, inputs)
+        return priors.log_prior(self.ssm, params) + self.log_likelihood(params, emissions, inputs)
 
     def logdensity(self, position, anchor: ParamsLGSSM, emissions, inputs=None) -> jax.Array:
         """Log density of the unconstrained position: log joint + log-det-Jacobian (what HMC samples)."""

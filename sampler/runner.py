@@ -39,9 +39,14 @@ def plan_shards(num_datasets: int, shard_size: int) -> list[Shard]:
 
 
 def configure_jax(dtype: str) -> None:
-    """Process-wide JAX settings for a run (call before any model is built)."""
+    """Process-wide JAX settings for a run (call before any model is built): precision, and a
+    persistent compilation cache (``$JAX_COMPILATION_CACHE_DIR``, default ``~/.cache/sampler/xla``)
+    so that resuming or re-running a config does not pay the compile again."""
     import jax
     jax.config.update("jax_enable_x64", dtype == "float64")
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path.home() / ".cache" / "sampler" / "xla")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 class RunContext:
