@@ -8,6 +8,7 @@ half-written step; a damaged step (unreadable files) is skipped and the previous
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -53,13 +54,19 @@ class ShardCheckpoints:
             try:
                 restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except Exception as err:  # noqa: BLE001 - any failure means this step is unusable
-                log.warning("checkpoint %s step %d is unreadable (%s); trying the previous one",
+                log.warning("checkpoint %s step %d is unreadable (%s); removing it and trying the previous one",
                             self.directory, step, err)
+                self._discard(step)
                 continue
             out = [np.asarray(restored[f"{i:03d}"]) if np.size(x) > 0 else np.asarray(x)
                    for i, x in enumerate(leaves)]
             return step, jax.tree.unflatten(treedef, out)
         return None
+
+    def _discard(self, step: int) -> None:
+        """Remove a damaged step (its draws are re-done, identically, from the previous one)."""
+        shutil.rmtree(self.directory / str(step), ignore_errors=True)
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()

@@ -33,7 +33,7 @@ def simulate(num_datasets: int, state_dim: int = 1, emission_dim: int = 2, T: in
             ys = jax.vmap(lambda k, uu: m.sample(params, k, T, inputs=uu)[1])(keys, u)
         else:
             ys = jax.vmap(lambda k: m.sample(params, k, T)[1])(keys)
-        ys = np.asarray(ys).reshape(num_datasets, M, T, emission_dim)
+        ys = np.array(ys).reshape(num_datasets, M, T, emission_dim)
         out = {"emissions": ys if num_sequences else ys[:, 0]}
         if input_dim:
             uu = np.asarray(u).reshape(num_datasets, M, T, input_dim)
