@@ -33,7 +33,8 @@ class ShardWorker:
         return runner.run_shard(self.ctx, shard)
 
 
-def _start_ray(address: Optional[str], workers: int) -> None:
+def start_ray(address: Optional[str], workers: int) -> None:
+    """Join the cluster at ``address``, or start an embedded local Ray (dashboard off)."""
     if ray.is_initialized():
         return
     if address:
@@ -48,9 +49,9 @@ def _new_worker(run_dir: Path):
     return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(str(run_dir))
 
 
-def run_shards(ctx: RunContext, workers: int, address: Optional[str], bar) -> None:
-    """Run every shard of ``ctx`` on ``workers`` Ray actors, updating ``bar`` from checkpoints."""
-    _start_ray(address, workers)
+def run_shards(ctx: RunContext, workers: int, bar) -> None:
+    """Run every shard of ``ctx`` on ``workers`` Ray actors (Ray already started), updating ``bar``
+    from the shards' checkpoints."""
     run_dir = ctx.run_dir
     queue = list(ctx.shards)
     retries: dict[int, int] = {}
@@ -78,5 +79,6 @@ def run_shards(ctx: RunContext, workers: int, address: Optional[str], bar) -> No
                 idle.append(_new_worker(run_dir))
                 queue.insert(0, shard)
         done = sum(p["draws_done"] * (p["datasets"][1] - p["datasets"][0]) for p in driver.shard_progress(run_dir))
-        bar.update(done - shown)
-        shown = done
+        if done > shown:
+            bar.update(done - shown)
+            shown = done

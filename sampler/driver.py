@@ -28,8 +28,12 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
             progress: bool = True) -> Path:
     """Sample every dataset of ``cfg`` (resuming an existing run dir).  Returns the run dir."""
     run_dir = Path(cfg.run.dir)
-    ctx = RunContext(cfg, run_dir)          # validates config and data: nothing written yet
     workers = cfg.run.workers if workers is None else workers
+    use_ray = workers > 0 or address is not None
+    if use_ray:  # before JAX starts its threads: Ray forks helper processes
+        from sampler import distributed
+        distributed.start_ray(address, workers)
+    ctx = RunContext(cfg, run_dir)          # validates config and data: nothing written yet
     with runner.run_lock(run_dir):
         resumed = runner.prepare_run_dir(ctx)
         total = cfg.sampler.num_draws * ctx.data.num_datasets
@@ -37,13 +41,12 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
                    desc=("resuming " if resumed else "sampling ") + f"{ctx.data.num_datasets} datasets x "
                         f"{cfg.sampler.num_chains} chains ({ctx.algorithm})", dynamic_ncols=True)
         try:
-            if workers == 0 and address is None:
+            if not use_ray:
                 for shard in ctx.shards:
                     n = shard.stop - shard.start
                     runner.run_shard(ctx, shard, on_draws=lambda k, n=n: bar.update(k * n))
             else:
-                from sampler import distributed
-                distributed.run_shards(ctx, max(workers, 1), address, bar)
+                distributed.run_shards(ctx, max(workers, 1), bar)
         finally:
             bar.close()
     return run_dir

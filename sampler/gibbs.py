@@ -4,7 +4,9 @@ One sweep: (1) draw the latent states of every sequence by forward filtering, ba
 (FFBS through ``sampler.kalman``); (2) draw missing emission entries from their conditional given the
 states (data augmentation, so the emission block stays conjugate); (3) draw each parameter block from
 its conjugate conditional: (m0, S0) ~ NIW, ([F, B, b], Q) ~ MNIW, ([H, D, d], R) ~ MNIW, with dynamax's
-priors.  Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
+priors; (4) Metropolis moves along the directions the likelihood cannot see (a change of latent
+coordinates, ``latent_space_moves``), which the Gibbs blocks alone explore by a slow random walk.
+Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
 them (see ``_regression_block``): this is exact for any frozen subset, which dynamax's
 ``fit_blocked_gibbs`` does not support.
 
@@ -21,7 +23,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler import kalman
+from sampler import kalman, priors
 from sampler.priors import sample_inverse_wishart
 from sampler.model import Model
 
@@ -136,7 +138,7 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
     """One blocked-Gibbs sweep.  emissions (M, T, D); inputs (M, T, U) or None.  Returns new params."""
     M, T, _ = emissions.shape
     S, U = model.state_dim, model.input_dim
-    k_x, k_y, k_init, k_dyn, k_em = jax.random.split(key, 5)
+    k_x, k_y, k_init, k_dyn, k_em, k_move = jax.random.split(key, 6)
     u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
     x = jax.vmap(lambda k, y, uu: sample_states(k, model, params, y, uu if U else None))(
         jax.random.split(k_x, M), emissions, u)
@@ -172,10 +174,68 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
     We, R = _regression_block(k_em, Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
                               free_e, "emissions.cov" not in frozen)
 
-    return ParamsLGSSM(
+    params = ParamsLGSSM(
         initial=params.initial._replace(mean=W0[:, 0], cov=S0),
         dynamics=params.dynamics._replace(weights=Wd[:, :S], input_weights=Wd[:, S:S + U], bias=Wd[:, -1], cov=Q),
         emissions=params.emissions._replace(weights=We[:, :S], input_weights=We[:, S:S + U], bias=We[:, -1], cov=R))
+    if frozen & LATENT_LEAVES:
+        return params
+    return latent_space_moves(k_move, model, params)
+
+
+#: leaves that a change of latent coordinates x -> A x + c alters.
+LATENT_LEAVES = frozenset({"initial.mean", "initial.cov", "dynamics.weights", "dynamics.bias",
+                           "dynamics.input_weights", "dynamics.cov", "emissions.weights", "emissions.bias"})
+MOVE_ROUNDS, LINEAR_SCALE, SHIFT_SCALE = 4, 0.15, 0.3
+
+
+def _transform(params: ParamsLGSSM, A, c) -> ParamsLGSSM:
+    """Parameters of the same observation model in latent coordinates x' = A x + c."""
+    A_inv = jnp.linalg.inv(A)
+    F = A @ params.dynamics.weights @ A_inv
+    H = params.emissions.weights @ A_inv
+    return ParamsLGSSM(
+        initial=params.initial._replace(mean=A @ params.initial.mean + c,
+                                        cov=_sym(A @ params.initial.cov @ A.T)),
+        dynamics=params.dynamics._replace(weights=F, input_weights=A @ params.dynamics.input_weights,
+                                          bias=A @ params.dynamics.bias + c - F @ c,
+                                          cov=_sym(A @ params.dynamics.cov @ A.T)),
+        emissions=params.emissions._replace(weights=H, bias=params.emissions.bias - H @ c))
+
+
+def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
+    """Metropolis moves along the likelihood's invariant directions (parameter expansion).
+
+    The likelihood is unchanged by a change of latent coordinates x -> A x + c, so the posterior along
+    those directions is the prior times a Jacobian, and states sampled by FFBS then move with them only
+    slowly: the Gibbs chain random-walks along the ridge.  Each round proposes a linear map
+    A = expm(Z), Z ~ N(0, LINEAR_SCALE^2) (an involution with Z -> -Z) and then a shift
+    c ~ N(0, SHIFT_SCALE^2), accepted with the prior ratio times the map's Jacobian
+    |A|^(2S + 4 + U - D) (m0, S0, B, b, Q, H transform; F by similarity).  Only the rotation- and
+    shift-dependent leaves change; R, D and the likelihood do not.  Used when none of them is frozen.
+    """
+    S, D, U = model.state_dim, model.emission_dim, model.input_dim
+    ssm = model.ssm
+    logdet_power = 2 * S + 4 + U - D
+    dtype = params.emissions.cov.dtype
+
+    def accept(key, current, proposal, log_jac):
+        log_ratio = priors.log_prior(ssm, proposal) - priors.log_prior(ssm, current) + log_jac
+        ok = jnp.log(jax.random.uniform(key, (), dtype)) < log_ratio
+        ok = ok & jnp.isfinite(log_ratio)
+        return jax.tree.map(lambda new, old: jnp.where(ok, new, old), proposal, current)
+
+    def one_round(current, key):
+        kz, ka, kc, kb = jax.random.split(key, 4)
+        Z = LINEAR_SCALE * jax.random.normal(kz, (S, S), dtype)
+        A = jax.scipy.linalg.expm(Z)
+        current = accept(ka, current, _transform(current, A, jnp.zeros(S, dtype)), logdet_power * jnp.trace(Z))
+        c = SHIFT_SCALE * jax.random.normal(kc, (S,), dtype)
+        current = accept(kb, current, _transform(current, jnp.eye(S, dtype=dtype), c), 0.0)
+        return current, None
+
+    params, _ = jax.lax.scan(one_round, params, jax.random.split(key, MOVE_ROUNDS))
+    return params
 
 
 class _NIWAsMNIW:

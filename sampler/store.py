@@ -7,6 +7,7 @@ block after a resume is idempotent.  Unwritten draws read as NaN.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -66,7 +67,9 @@ def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_dat
         a = _create(observed, name, arr.shape, (datasets_per_chunk,) + arr.shape[1:], "float64",
                     ("dataset",) + seq_dims + ("time", last))
         a[...] = arr
-    zarr.consolidate_metadata(str(path))
+    with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 def write_block(path: Path, draw_start: int, dataset_start: int, params: Mapping[str, np.ndarray],

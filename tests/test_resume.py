@@ -122,3 +122,14 @@ def test_draws_independent_of_device_count(problem):
     res = cli("run", cfg, "--run-dir", root / "four_devices", cwd=root, env=env)
     assert res.returncode == 0, res.stderr
     assert_same_draws(root / "reference", root / "four_devices", rtol=1e-8)
+
+
+def test_ray_workers_equal_in_process(problem):
+    """workers = 2 (an embedded local Ray, one actor per worker, shards from a queue) writes the same
+    draws as the in-process run: each actor runs the same compiled shard program on one device."""
+    root, cfg = problem
+    res = cli("run", cfg, "--run-dir", root / "ray", "--workers", "2", cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert_same_draws(root / "reference", root / "ray")
+    status = json.loads(cli("status", root / "ray", "--json").stdout)
+    assert all(r["draws_done"] == 300 and r["failures"] == 0 for r in status)
