@@ -40,7 +40,7 @@ def test_value_matches_dynamax_float64(S, D, U, T):
         assert abs(float(ours - ref)) <= 1e-8 * abs(float(ref)), form
 
 
-@pytest.mark.parametrize("S,D,U,T", CASES[:4])
+@pytest.mark.parametrize("S,D,U,T", CASES[:2])
 def test_gradient_matches_dynamax(S, D, U, T):
     params, y, u = random_problem(S, D, U, T, seed=1)
     g_ref = jax.grad(lambda p: lgssm_filter(p, y, u).marginal_loglik)(params)

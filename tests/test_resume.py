@@ -44,7 +44,7 @@ def draws_done(run_dir: Path) -> int:
 def problem(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     np.savez(root / "d.npz", **simulate(4, T=30))
-    cfg = write_config(root / "c.toml", "d.npz", sampler={"num_draws": 300, "num_warmup": 10},
+    cfg = write_config(root / "c.toml", "d.npz", sampler={"num_draws": 150, "num_warmup": 10},
                        run={"checkpoint_every": 10, "shard_size": 2})
     res = cli("run", cfg, "--run-dir", root / "reference", cwd=root)
     assert res.returncode == 0, res.stderr
@@ -64,7 +64,7 @@ def test_sigkill_then_resume_equals_uninterrupted(problem):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     status = json.loads(cli("status", run_dir, "--json").stdout)
-    assert any(r["draws_done"] < 300 for r in status)
+    assert any(r["draws_done"] < 150 for r in status)
     # damage the newest checkpoint of one shard: resume must fall back to the previous one
     shard = sorted((run_dir / "checkpoints").glob("shard-*"))[0]
     steps = sorted((p for p in shard.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
@@ -116,7 +116,7 @@ def test_draws_independent_of_shards(problem):
 def test_draws_independent_of_device_count(problem):
     """Same random streams and same math on 1 or 4 devices.  Not bitwise: XLA compiles the shard_map'd
     per-device program with other fusion/vectorisation choices than the single-device one, which moves
-    the last bits (measured: 3e-12 relative after 300 Gibbs draws); shards on one device are bitwise."""
+    the last bits (measured: 3e-12 relative after 150 Gibbs draws); shards on one device are bitwise."""
     root, cfg = problem
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     res = cli("run", cfg, "--run-dir", root / "four_devices", cwd=root, env=env)
@@ -132,4 +132,4 @@ def test_ray_workers_equal_in_process(problem):
     assert res.returncode == 0, res.stderr
     assert_same_draws(root / "reference", root / "ray")
     status = json.loads(cli("status", root / "ray", "--json").stdout)
-    assert all(r["draws_done"] == 300 and r["failures"] == 0 for r in status)
+    assert all(r["draws_done"] == 150 and r["failures"] == 0 for r in status)
