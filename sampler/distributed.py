@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,8 @@ def start_ray(address: Optional[str], workers: int) -> None:
     """Join the cluster at ``address``, or start an embedded local Ray (dashboard off)."""
     if ray.is_initialized():
         return
+    # Ray fork+execs its helpers; JAX's at-fork warning is about forks that keep running Python
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     if address:
         ray.init(address=address, log_to_driver=False)
     else:

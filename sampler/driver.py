@@ -34,6 +34,7 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
         from sampler import distributed
         distributed.start_ray(address, workers)
     ctx = RunContext(cfg, run_dir)          # validates config and data: nothing written yet
+    runner.check_run_dir(run_dir)
     with runner.run_lock(run_dir):
         resumed = runner.prepare_run_dir(ctx)
         total = cfg.sampler.num_draws * ctx.data.num_datasets

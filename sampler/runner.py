@@ -141,8 +141,7 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                 raise UserError(f"{run_dir}: cannot resume: {what} changed (was {old.get(key)!r}, now "
                                 f"{fp.get(key)!r}); use a new --run-dir or restore the setting")
         return True
-    if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
-        raise UserError(f"{run_dir}: exists and is not a sampler run dir (no {RUN_FILE}); choose an empty or new dir")
+    check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg, data = ctx.cfg, ctx.data
     tmp_store = run_dir / (STORE + ".tmp")
@@ -163,6 +162,14 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                                          "shards": [s.__dict__ for s in ctx.shards],
                                          "algorithm": ctx.algorithm}, indent=1))
     return False
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a directory that exists, is not empty and is not a run dir (before writing anything)."""
+    if (run_dir / RUN_FILE).exists() or not run_dir.exists():
+        return
+    if any(p.name != ".lock" for p in run_dir.iterdir()):
+        raise UserError(f"{run_dir}: exists and is not a sampler run dir (no {RUN_FILE}); choose an empty or new dir")
 
 
 @contextmanager
