@@ -40,6 +40,11 @@ class Datasets:
         return self.emissions.shape[0]
 
     @property
+    def has_missing(self) -> bool:
+        """Whether any emission entry is missing (NaN)."""
+        return bool(np.isnan(self.emissions).any())
+
+    @property
     def partial_missing(self) -> bool:
         """Whether some row is partly (not entirely) missing."""
         missing = np.isnan(self.emissions)

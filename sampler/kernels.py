@@ -11,9 +11,8 @@ datasets x chains without knowing which algorithm runs:
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
-
 from functools import lru_cache
+from typing import Callable, NamedTuple, Optional
 
 import blackjax
 import jax
@@ -104,21 +103,26 @@ def _gibbs_kernel() -> Kernel:
     """
     from sampler import gibbs
 
-    def step(key, state, target: Target, tuning: Tuning):
+    def sweep(key, position, target: Target):
         model = target.model
-        params = model.to_params(state.position, target.anchor)
-        params = gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs)
-        position = model.to_position(params)
-        logdensity = target.logdensity_fn()(position)
+        params = gibbs.gibbs_sweep(key, model, model.to_params(position, target.anchor),
+                                   target.emissions, target.inputs)
+        return model.to_position(params)
+
+    def chain_state(position, target: Target) -> ChainState:
+        # the log density is only needed for recorded draws (lp), not for the sweep itself
+        return ChainState(position, target.logdensity_fn()(position), jnp.zeros_like(position))
+
+    def step(key, state, target: Target, tuning: Tuning):
+        position = sweep(key, state.position, target)
         nan = jnp.full((), jnp.nan, position.dtype)
         stats = StepStats(jnp.ones((), position.dtype), jnp.zeros((), bool), jnp.ones((), jnp.int32), nan)
-        return ChainState(position, logdensity, jnp.zeros_like(position)), stats
+        return chain_state(position, target), stats
 
     def warmup(key, position, target: Target, num_steps: int):
-        state = ChainState(position, target.logdensity_fn()(position), jnp.zeros_like(position))
+        position, _ = jax.lax.scan(lambda x, k: (sweep(k, x, target), None), position,
+                                   jax.random.split(key, num_steps))
         tuning = Tuning(jnp.full((), jnp.nan, position.dtype), jnp.ones_like(position))
-        keys = jax.random.split(key, num_steps)
-        state, _ = jax.lax.scan(lambda s, k: step(k, s, target, tuning), state, keys)
-        return state, tuning
+        return chain_state(position, target), tuning
 
     return Kernel("gibbs", warmup, step)

@@ -63,7 +63,7 @@ class RunContext:
         self.data = data_mod.load(cfg, probe)
         self.model = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim,
                            tuple(cfg.model.frozen), cfg.model.kalman, self.data.partial_missing,
-                           bool(np.isnan(self.data.emissions).any()))
+                           self.data.has_missing)
         if self.model.dim == 0:
             raise UserError("model.frozen: every leaf is frozen; nothing to sample")
 
