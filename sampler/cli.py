@@ -55,6 +55,53 @@ def _summary(args) -> int:
     return 0
 
 
+def _forecast(args) -> int:
+    from sampler import forecast
+    plot = [int(i) for i in args.plot.split(",") if i.strip()] if args.plot else None
+    result = forecast.forecast_run(_require_run_dir(args.dir), horizon=args.horizon, burn_in=args.burn_in,
+                                   thin=args.thin, plot=plot)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _simulate(args) -> int:
+    from sampler import config, simulate
+    cfg = config.load(args.config, list(args.set or []))
+    result = simulate.simulate_file(cfg, Path(args.out), num_datasets=args.num_datasets, source=args.source,
+                                    num_timesteps=args.num_timesteps, num_sequences=args.num_sequences,
+                                    missing_fraction=args.missing_fraction, seed=args.seed)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _calibrate(args) -> int:
+    from sampler import calibrate, config
+    overrides = list(args.set or [])
+    overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
+    cfg = config.load(args.config, overrides)
+    report = calibrate.calibrate(cfg, num_datasets=args.num_datasets, num_timesteps=args.num_timesteps,
+                                 thin=args.thin, seed=args.seed, workers=args.workers, address=args.address)
+    print(calibrate.format_report(report))
+    return 0
+
+
+def _submit(args) -> int:
+    from sampler import submit
+    job_id = submit.submit(args.config, address=args.address, overrides=list(args.set or []),
+                           run_dir=args.run_dir, workers=args.workers, wait=args.wait)
+    print(job_id)
+    return 0
+
+
+def _bench(args) -> int:
+    from sampler import bench
+    results = bench.run(quick=args.quick, batches=args.batches, datasets=args.datasets,
+                        include=args.only, out=sys.stdout if not args.json else None)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sampler", description="Batched Bayesian LG-SSM posterior sampling.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,6 +122,50 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--all", action="store_true", help="diagnose every free leaf, not only rotation-invariant ones")
     m.add_argument("--limit", type=int, default=50, help="rows shown in the table")
     m.set_defaults(fn=_summary)
+    f = sub.add_parser("forecast", help="smoothing + forecast for every dataset (group `forecast`, PNGs)")
+    f.add_argument("dir")
+    f.add_argument("--horizon", type=int, default=50)
+    f.add_argument("--burn-in", type=int, default=0, help="leading posterior draws to drop")
+    f.add_argument("--thin", type=int, default=1, help="keep every K-th draw")
+    f.add_argument("--plot", help="datasets to plot, e.g. 0,3,7")
+    f.set_defaults(fn=_forecast)
+    g = sub.add_parser("simulate", help="draw datasets (and their true params) from the model")
+    g.add_argument("config")
+    g.add_argument("--out", required=True)
+    g.add_argument("--num-datasets", type=int, required=True)
+    g.add_argument("--from", dest="source", choices=("prior", "truth"), default="prior")
+    g.add_argument("--num-timesteps", type=int, default=100)
+    g.add_argument("--num-sequences", type=int, default=None)
+    g.add_argument("--missing-fraction", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE")
+    g.set_defaults(fn=_simulate)
+    c = sub.add_parser("calibrate", help="simulation-based calibration: simulate, sample, rank, report")
+    c.add_argument("config")
+    c.add_argument("--num-datasets", type=int, required=True)
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("--num-timesteps", type=int, default=100)
+    c.add_argument("--thin", type=int, default=None, help="keep every K-th draw for ranks (default: ~100 kept)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the simulated datasets")
+    c.add_argument("--workers", type=int)
+    c.add_argument("--address")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(fn=_calibrate)
+    j = sub.add_parser("submit", help="the same run as a Ray Job on an existing cluster")
+    j.add_argument("config")
+    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HOST:8265")
+    j.add_argument("--run-dir", help="run dir as seen from the cluster (shared filesystem or URL)")
+    j.add_argument("--workers", type=int)
+    j.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    j.add_argument("--set", action="append", metavar="KEY=VALUE")
+    j.set_defaults(fn=_submit)
+    b = sub.add_parser("bench", help="the performance benchmark on this machine")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    b.add_argument("--batches", help="comma-separated batch sizes for the gradient benchmark")
+    b.add_argument("--datasets", type=int, help="datasets in the end-to-end run")
+    b.add_argument("--only", help="comma-separated parts: grad,e2e,io,rss,warmup")
+    b.set_defaults(fn=_bench)
     return p
 
 
