@@ -35,11 +35,13 @@ class ShardWorker:
 
 
 def start_ray(address: Optional[str], workers: int) -> None:
-    """Join the cluster at ``address``, or start an embedded local Ray (dashboard off)."""
+    """Join the cluster at ``address`` (or at ``$RAY_ADDRESS``, which Ray sets inside a Ray Job), or
+    start an embedded local Ray (dashboard off)."""
     if ray.is_initialized():
         return
     # Ray fork+execs its helpers; JAX's at-fork warning is about forks that keep running Python
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
@@ -52,15 +54,20 @@ def _new_worker(run_dir: Path):
     return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(str(run_dir))
 
 
-def run_shards(ctx: RunContext, workers: int, bar) -> None:
-    """Run every shard of ``ctx`` on ``workers`` Ray actors (Ray already started), updating ``bar``
-    from the shards' checkpoints."""
+def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> None:
+    """Run every shard of ``ctx`` on ``workers`` Ray actors (Ray already started), updating
+    ``progress`` from the shards' checkpoints.
+
+    A worker that dies (process killed, node lost) is replaced by a new actor and its shard goes back
+    to the front of the queue; the shard resumes from its last checkpoint.  Each failure is appended
+    to ``DIR/events.jsonl`` (``sampler status`` counts them); a shard that fails more than
+    ``MAX_SHARD_RETRIES`` times stops the run.
+    """
     run_dir = ctx.run_dir
     queue = list(ctx.shards)
     retries: dict[int, int] = {}
     idle = [_new_worker(run_dir) for _ in range(min(workers, len(queue)))]
     running: dict = {}  # object ref -> (worker, shard)
-    shown = 0
     while queue or running:
         while queue and idle:
             worker, shard = idle.pop(), queue.pop(0)
@@ -73,15 +80,14 @@ def run_shards(ctx: RunContext, workers: int, bar) -> None:
                 idle.append(worker)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                 retries[shard.index] = retries.get(shard.index, 0) + 1
-                driver.record_event(run_dir, kind="shard_failed", shard=shard.index, error=type(err).__name__)
+                resume_from = driver.shard_progress(run_dir)[shard.index]["draws_done"]
+                driver.record_event(run_dir, kind="shard_failed", shard=shard.index, error=type(err).__name__,
+                                    retry=retries[shard.index], resume_from=resume_from)
                 if retries[shard.index] > MAX_SHARD_RETRIES:
                     raise RuntimeError(f"shard {shard.index} failed {retries[shard.index]} times; giving up") from err
-                log.warning("worker died on shard %d (%s); replacing it and resuming the shard",
-                            shard.index, type(err).__name__)
+                log.warning("worker died on shard %d (%s); replacing it and resuming the shard from draw %d",
+                            shard.index, type(err).__name__, resume_from)
                 ray.kill(worker, no_restart=True)
                 idle.append(_new_worker(run_dir))
                 queue.insert(0, shard)
-        done = sum(p["draws_done"] * (p["datasets"][1] - p["datasets"][0]) for p in driver.shard_progress(run_dir))
-        if done > shown:
-            bar.update(done - shown)
-            shown = done
+        progress.poll(run_dir)

@@ -24,9 +24,59 @@ def record_event(run_dir: Path, **event) -> None:
         f.write(json.dumps(event) + "\n")
 
 
+class Progress:
+    """One progress bar over every shard of a run: dataset-draws done / total, draws/s and ETA.
+
+    Draws already done when a run resumes are the bar's starting value, not progress of this
+    session, so the rate and ETA measure only the sampling done now.  ``set_shard`` takes the
+    draws a shard has done so far (from a callback or its checkpoints) and only moves forward.
+    """
+
+    def __init__(self, ctx: RunContext, resumed: bool, enabled: bool = True):
+        self.sizes = {s.index: s.stop - s.start for s in ctx.shards}
+        self.done = {i: 0 for i in self.sizes}
+        if resumed:
+            self.done.update({p["shard"]: p["draws_done"] for p in shard_progress(ctx.run_dir)})
+        cfg = ctx.cfg
+        self.bar = tqdm(total=cfg.sampler.num_draws * ctx.data.num_datasets,
+                        initial=sum(d * self.sizes[i] for i, d in self.done.items()),
+                        unit="draw", unit_scale=True, disable=not enabled, dynamic_ncols=True,
+                        desc=("resuming " if resumed else "sampling ") + f"{ctx.data.num_datasets} datasets x "
+                             f"{cfg.sampler.num_chains} chains ({ctx.algorithm})")
+
+    def set_shard(self, index: int, draws_done: int) -> None:
+        """Shard ``index`` has ``draws_done`` draws in the store."""
+        if draws_done > self.done[index]:
+            self.bar.update((draws_done - self.done[index]) * self.sizes[index])
+            self.done[index] = draws_done
+
+    def poll(self, run_dir: Path) -> None:
+        """Update every shard from its checkpoints (used while Ray workers run the shards)."""
+        for p in shard_progress(run_dir):
+            self.set_shard(p["shard"], p["draws_done"])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_in_process(ctx: RunContext, progress: Progress) -> None:
+    for shard in ctx.shards:
+        counted = [0]  # run_shard reports the resumed draws first, then each block
+
+        def on_draws(k: int, shard: Shard = shard) -> None:
+            counted[0] += k
+            progress.set_shard(shard.index, counted[0])
+
+        runner.run_shard(ctx, shard, on_draws=on_draws)
+
+
 def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str] = None,
             progress: bool = True) -> Path:
-    """Sample every dataset of ``cfg`` (resuming an existing run dir).  Returns the run dir."""
+    """Sample every dataset of ``cfg`` (resuming an existing run dir).  Returns the run dir.
+
+    ``workers = 0`` and no ``address``: in this process; otherwise on that many Ray actors (at least
+    one), on an embedded local Ray or the cluster at ``address``.
+    """
     run_dir = Path(cfg.run.dir)
     workers = cfg.run.workers if workers is None else workers
     use_ray = workers > 0 or address is not None
@@ -37,17 +87,12 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
     runner.check_run_dir(run_dir)
     with runner.run_lock(run_dir):
         resumed = runner.prepare_run_dir(ctx)
-        total = cfg.sampler.num_draws * ctx.data.num_datasets
-        bar = tqdm(total=total, unit="draw", unit_scale=True, disable=not progress,
-                   desc=("resuming " if resumed else "sampling ") + f"{ctx.data.num_datasets} datasets x "
-                        f"{cfg.sampler.num_chains} chains ({ctx.algorithm})", dynamic_ncols=True)
+        bar = Progress(ctx, resumed, enabled=progress)
         try:
-            if not use_ray:
-                for shard in ctx.shards:
-                    n = shard.stop - shard.start
-                    runner.run_shard(ctx, shard, on_draws=lambda k, n=n: bar.update(k * n))
-            else:
+            if use_ray:
                 distributed.run_shards(ctx, max(workers, 1), bar)
+            else:
+                _run_in_process(ctx, bar)
         finally:
             bar.close()
     return run_dir

@@ -1,0 +1,124 @@
+"""Ray workers: a worker process killed mid-shard is replaced and its shard resumes from its last
+checkpoint (the store equals the uninterrupted run); the aggregated progress bar over resumed runs."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import cli, simulate, write_config
+from tests.test_resume import assert_same_draws
+
+NUM_DRAWS = 300
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    """3 shards of 2 datasets, and the in-process reference run."""
+    root = tmp_path_factory.mktemp("distributed")
+    np.savez(root / "d.npz", **simulate(6, T=30))
+    cfg = write_config(root / "c.toml", "d.npz", sampler={"num_draws": NUM_DRAWS, "num_warmup": 10},
+                       run={"checkpoint_every": 10, "shard_size": 2})
+    res = cli("run", cfg, "--run-dir", root / "reference", cwd=root, timeout=400)
+    assert res.returncode == 0, res.stderr
+    return root, cfg
+
+
+def shard_steps(run_dir: Path) -> dict[int, int]:
+    """Shard index -> newest checkpoint step (draws in the store)."""
+    out = {}
+    for d in (run_dir / "checkpoints").glob("shard-*"):
+        steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()]
+        if steps:
+            out[int(d.name.split("-")[1])] = max(steps)
+    return out
+
+
+def busy_workers(driver_pid: int) -> list[psutil.Process]:
+    """This driver's Ray actor processes that are running a shard (Ray titles them
+    ``ray::ShardWorker.run`` while the method executes)."""
+    out = []
+    for p in psutil.Process(driver_pid).children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("ray::ShardWorker.run"):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_killed_worker_is_replaced_and_shard_resumes(problem):
+    root, cfg = problem
+    run_dir = root / "worker_killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sampler", "run", str(cfg), "--run-dir", str(run_dir),
+                             "--workers", "2"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        # kill a worker once the first two shards (one per worker) are both past 20 draws
+        deadline = time.time() + 400
+        victim = None
+        while time.time() < deadline and proc.poll() is None:
+            steps = shard_steps(run_dir) if (run_dir / "checkpoints").exists() else {}
+            busy = busy_workers(proc.pid)
+            if min(steps.get(0, 0), steps.get(1, 0)) >= 20 and busy:
+                victim = busy[0]
+                victim.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        assert victim is not None, "no worker was killed; make the run longer"
+        assert max(steps.values()) < NUM_DRAWS
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "worker died on shard" in err
+    assert_same_draws(root / "reference", run_dir)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and events[0]["kind"] == "shard_failed", events
+    assert events[0]["shard"] in (0, 1) and events[0]["resume_from"] >= 20
+    status = json.loads(cli("status", run_dir, "--json").stdout)
+    assert [r["failures"] for r in status] == [int(r["shard"] == events[0]["shard"]) for r in status]
+    assert all(r["draws_done"] == NUM_DRAWS for r in status)
+    table = cli("status", run_dir).stdout
+    assert "3 of 3 shards complete" in table
+
+
+def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
+    """On resume the bar starts at the draws already stored (so draws/s and ETA cover this session
+    only) and ends at datasets x draws, fed by run_shard's callbacks (in-process) or by polling the
+    checkpoints (Ray)."""
+    from sampler import driver, runner
+    root, _ = problem
+    run_dir = root / "progress"
+    shutil.copytree(root / "reference", run_dir)
+    # shard 1 loses its newest checkpoint: its last 10 draws are to be re-done
+    shutil.rmtree(run_dir / "checkpoints" / "shard-00001" / str(NUM_DRAWS))
+    ctx = runner.RunContext.from_run_dir(run_dir)
+
+    def fake_run_shard(ctx, shard, on_draws):  # what run_shard reports: resumed draws, then blocks
+        done = shard_steps(run_dir)[shard.index]
+        on_draws(done)
+        for _ in range(done, NUM_DRAWS, 10):
+            on_draws(10)
+
+    monkeypatch.setattr(runner, "run_shard", fake_run_shard)
+    progress = driver.Progress(ctx, resumed=True)
+    assert (progress.bar.initial, progress.bar.n) == (6 * NUM_DRAWS - 2 * 10, 6 * NUM_DRAWS - 2 * 10)
+    driver._run_in_process(ctx, progress)
+    assert progress.bar.n == progress.bar.total == 6 * NUM_DRAWS
+    progress.close()
+
+    fresh = driver.Progress(ctx, resumed=False)
+    assert fresh.bar.initial == 0
+    fresh.poll(run_dir)  # Ray path: from the checkpoints
+    assert fresh.bar.n == 6 * NUM_DRAWS - 2 * 10
+    fresh.close()
