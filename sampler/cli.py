@@ -96,7 +96,7 @@ def _submit(args) -> int:
 def _bench(args) -> int:
     from sampler import bench
     results = bench.run(quick=args.quick, batches=args.batches, datasets=args.datasets,
-                        include=args.only, out=sys.stdout if not args.json else None)
+                        include=args.only, dtype=args.dtype, out=sys.stdout if not args.json else None)
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
@@ -164,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     b.add_argument("--batches", help="comma-separated batch sizes for the gradient benchmark")
     b.add_argument("--datasets", type=int, help="datasets in the end-to-end run")
-    b.add_argument("--only", help="comma-separated parts: grad,e2e,io,rss,warmup")
+    b.add_argument("--only", help="comma-separated parts: grad,e2e,io,rss (default: all)")
+    b.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     b.set_defaults(fn=_bench)
     return p
 
