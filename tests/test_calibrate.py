@@ -1,0 +1,214 @@
+"""Simulation (prior / truth), simulation-based calibration and its ability to catch a wrong model."""
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from sampler import calibrate, config, runner, simulate
+from sampler.errors import UserError
+from sampler.model import Model
+from tests.conftest import cli, write_config
+
+#: the study: small, but enough Gibbs sweeps for the weakly identified datasets a prior this wide gives.
+STUDY = dict(num_datasets=100, num_timesteps=50)
+STUDY_SAMPLER = {"algorithm": "gibbs", "num_chains": 2, "num_warmup": 200, "num_draws": 200}
+
+
+def study_config(tmp_path, run_dir: str, **sampler):
+    path = write_config(tmp_path / f"{run_dir}.toml", "unused.npz", state_dim=1, emission_dim=2,
+                        sampler={**STUDY_SAMPLER, **sampler}, run={"dir": run_dir, "checkpoint_every": 100})
+    return config.load(path)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One calibration run, killed after its first block of draws and resumed by re-running calibrate."""
+    tmp = tmp_path_factory.mktemp("sbc")
+    cfg = study_config(tmp, "sbc")
+    original = runner._finish_block
+    calls = []
+
+    def die_after_first_block(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    runner._finish_block = die_after_first_block
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            calibrate.calibrate(cfg, **STUDY, progress=False)
+    finally:
+        runner._finish_block = original
+    checkpoints = sorted(p.name for p in (tmp / "sbc" / "checkpoints" / "shard-00000").iterdir())
+    assert checkpoints == ["0", "100"], checkpoints
+    report = calibrate.calibrate(cfg, **STUDY, progress=False)
+    return cfg, report
+
+
+def emission_noise_x2(arrays):
+    """The data were generated with twice the emission noise sd of the saved truth (a wrong likelihood)."""
+    return {**arrays, "true_emissions_cov": arrays["true_emissions_cov"] / 4}
+
+
+@pytest.mark.parametrize("variant, calibrated", [(None, True), (emission_noise_x2, False)],
+                         ids=["correct", "emission_noise_x2"])
+def test_sbc_verdict(study, variant, calibrated):
+    """The same check passes the sampler on its own model and fails it on data from a different one."""
+    cfg, _ = study
+    arrays, _ = simulate.simulate_arrays(cfg, **STUDY)
+    report = calibrate.analyse(cfg, variant(arrays) if variant else arrays)
+    verdict = [q for q in report["quantities"] if q["in_verdict"]]
+    assert {q["kind"] for q in verdict} == {"invariant", "joint"}
+    assert report["verdict"]["passed"] is calibrated, calibrate.format_report(report)
+
+
+def test_study_report_and_resume(study):
+    cfg, report = study
+    run_dir = Path(cfg.run.dir)
+    saved = json.loads((run_dir / calibrate.REPORT).read_text())
+    assert saved["verdict"] == report["verdict"] and saved["simulation"]["rejected"] == report["simulation"]["rejected"]
+    names = [q["name"] for q in report["quantities"]]
+    for name in ("emissions_cov[0,0]", "emissions_cov[1,0]", "emissions_cov[1,1]", "dynamics_weights[0,0]",
+                 "spectral_radius(F)", "HQH'[0,0]", "loglik", "emissions_weights[0,0]", "initial_cov[0,0]"):
+        assert name in names
+    kinds = {q["name"]: q["kind"] for q in report["quantities"]}
+    assert kinds["emissions_weights[0,0]"] == "rotation-dependent" and kinds["loglik"] == "joint"
+    for q in report["quantities"]:
+        r = np.asarray(q["ranks"])
+        assert len(r) == 100 and r.min() >= 0 and r.max() <= report["settings"]["pooled_draws"]
+        assert set(q["coverage"]) == {"50", "80", "90", "95"}
+        lo, hi = q["coverage"]["90"]["ci"]
+        assert lo <= q["coverage"]["90"]["fraction"] <= hi
+    for png in report["plots"]:
+        assert Path(png).stat().st_size > 10_000
+    # the sampling ran to the end after the kill (no unwritten, NaN draws)
+    tree = Path(cfg.run.dir) / "samples.zarr"
+    import zarr
+    assert not np.isnan(zarr.open_group(str(tree), mode="r")["posterior"]["emissions_cov"][:]).any()
+    # the same study again reuses the file; another simulation is refused and nothing is written
+    blob = (run_dir / calibrate.SIMULATED).read_bytes()
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(UserError, match="cannot resume"):
+        calibrate.calibrate(cfg, **STUDY, seed=1, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert (run_dir / calibrate.SIMULATED).read_bytes() == blob
+    assert "PASS" in calibrate.format_report(report).splitlines()[-2]
+
+
+def test_prior_draws_match_dynamax_prior():
+    """simulate.prior_draw (the sampler's conjugate update with no data) against dynamax's own NIW/MNIW."""
+    model = Model(1, 2)
+    anchor = model.initial_params(jax.random.PRNGKey(0), {})
+    n = 4000
+    ours = jax.jit(jax.vmap(lambda k: simulate.prior_draw(k, model, anchor)))(
+        jax.random.split(jax.random.PRNGKey(1), n))
+    ssm = model.ssm
+
+    @jax.jit
+    def reference(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return (ssm.initial_prior.sample(seed=k1, sample_shape=n), ssm.dynamics_prior.sample(seed=k2, sample_shape=n),
+                ssm.emission_prior.sample(seed=k3, sample_shape=n))
+
+    (S0, m0), (Q, Wd), (R, We) = reference(jax.random.PRNGKey(2))
+    pairs = {
+        "m0": (ours.initial.mean[:, 0], m0[:, 0]), "S0": (ours.initial.cov[:, 0, 0], S0[:, 0, 0]),
+        "F": (ours.dynamics.weights[:, 0, 0], Wd[:, 0, 0]), "b": (ours.dynamics.bias[:, 0], Wd[:, 0, 1]),
+        "Q": (ours.dynamics.cov[:, 0, 0], Q[:, 0, 0]),
+        "H0": (ours.emissions.weights[:, 0, 0], We[:, 0, 0]), "H1": (ours.emissions.weights[:, 1, 0], We[:, 1, 0]),
+        "d1": (ours.emissions.bias[:, 1], We[:, 1, 1]),
+        "R00": (ours.emissions.cov[:, 0, 0], R[:, 0, 0]), "R11": (ours.emissions.cov[:, 1, 1], R[:, 1, 1]),
+        "R10": (ours.emissions.cov[:, 1, 0], R[:, 1, 0]),
+        # W | R has row covariance R: the sign of H0 H1 follows R10
+        "H0H1/R10": (ours.emissions.weights[:, 0, 0] * ours.emissions.weights[:, 1, 0] / ours.emissions.cov[:, 1, 0],
+                     We[:, 0, 0] * We[:, 1, 0] / R[:, 1, 0]),
+    }
+    p = {k: stats.ks_2samp(np.asarray(a), np.asarray(b)).pvalue for k, (a, b) in pairs.items()}
+    assert min(p.values()) > 0.001 / len(p), p
+    # frozen leaves stay; the free ones are drawn from the prior given them
+    frozen = Model(1, 2, frozen=("emissions.weights", "dynamics.cov"))
+    draw = simulate.prior_draw(jax.random.PRNGKey(3), frozen, anchor)
+    np.testing.assert_array_equal(draw.emissions.weights, anchor.emissions.weights)
+    np.testing.assert_array_equal(draw.dynamics.cov, anchor.dynamics.cov)
+    assert not np.allclose(draw.emissions.cov, anchor.emissions.cov)
+
+
+def test_simulate_cli_file_runs(tmp_path):
+    """`sampler simulate` (inputs, sequences, missing entries) writes a file `sampler run` accepts."""
+    cfg = write_config(tmp_path / "c.toml", "sim.npz", state_dim=1, emission_dim=2,
+                       model={"state_dim": 1, "emission_dim": 2, "input_dim": 1},
+                       sampler={"num_chains": 1, "num_warmup": 5, "num_draws": 5})
+    res = cli("simulate", cfg, "--out", tmp_path / "sim.npz", "--num-datasets", 4, "--num-timesteps", 15,
+              "--num-sequences", 2, "--missing-fraction", 0.2, "--seed", 3, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["num_datasets"] == 4 and info["draws"] >= 4
+    with np.load(tmp_path / "sim.npz") as f:
+        assert f["emissions"].shape == (4, 2, 15, 2) and f["inputs"].shape == (4, 2, 15, 1)
+        assert f["true_emissions_cov"].shape == (4, 2, 2) and f["true_dynamics_input_weights"].shape == (4, 1, 1)
+        assert 0.05 < np.isnan(f["emissions"]).mean() < 0.4
+        assert np.nanmax(np.abs(f["emissions"])) <= simulate.DEFAULT_MAX_ABS_EMISSION
+    res = cli("run", cfg, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "run" / "samples.zarr").is_dir()
+
+
+def test_simulate_from_truth_without_true_arrays_exit_2(tmp_path, small_data):
+    cfg = write_config(tmp_path / "c.toml", str(small_data))
+    with np.load(small_data) as f:
+        np.savez(tmp_path / "no_truth.npz", emissions=f["emissions"])
+    cfg_bad = write_config(tmp_path / "bad.toml", "no_truth.npz")
+    res = cli("simulate", cfg_bad, "--out", tmp_path / "out.npz", "--num-datasets", 3, "--from", "truth",
+              cwd=tmp_path, timeout=300)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "true_dynamics_weights" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "out.npz").exists()
+    # with the true arrays: the given parameters (shared by the datasets), emissions from them
+    info = simulate.simulate_file(config.load(cfg), tmp_path / "out.npz", num_datasets=5, source="truth",
+                                  num_timesteps=20)
+    assert info["rejected"] == 0
+    with np.load(tmp_path / "out.npz") as out, np.load(small_data) as given:
+        assert out["emissions"].shape == (5, 20, 2)
+        np.testing.assert_array_equal(out["true_emissions_cov"], np.broadcast_to(given["true_emissions_cov"], (5, 2, 2)))
+
+
+def test_uniformity_test_and_holm():
+    """The ECDF test: uniform ranks give spread p-values, a shifted rank distribution a tiny one."""
+    rng = np.random.default_rng(1)
+    L, N = 99, 200
+    null = calibrate.uniformity_null(N, L, rng)
+    p_uniform = [calibrate.ecdf_test(rng.integers(0, L + 1, N), L, null) for _ in range(200)]
+    assert 0.02 < np.mean(np.array(p_uniform) < 0.05) < 0.1
+    skewed = np.minimum(rng.integers(0, L + 1, N), rng.integers(0, L + 1, N))  # too many low ranks
+    assert calibrate.ecdf_test(skewed, L, null) < 1e-3
+    assert calibrate.chi2_test(skewed, L) < 1e-3
+    np.testing.assert_allclose(calibrate.holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+    F = np.array([[0.5, 0.2], [-0.3, 0.9]])
+    np.testing.assert_allclose(calibrate.char_poly(F), [np.trace(F), np.linalg.det(F)])
+
+
+@pytest.mark.slow
+def test_tempered_sampler_fails_calibration(tmp_path, monkeypatch):
+    """A wrong sampler: FFBS draws the states under a tempered likelihood (emission noise doubled).
+    The correct sampler passes the same study (test_sbc_verdict); this one must fail it."""
+    from sampler import engine, gibbs
+    original = gibbs.sample_states
+
+    def tempered(key, model, params, emissions, inputs=None):
+        params = params._replace(emissions=params.emissions._replace(cov=2.0 * params.emissions.cov))
+        return original(key, model, params, emissions, inputs)
+
+    monkeypatch.setattr(gibbs, "sample_states", tempered)
+    engine.init_program.cache_clear()
+    engine.sample_program.cache_clear()
+    try:
+        report = calibrate.calibrate(study_config(tmp_path, "tempered"), **STUDY, progress=False)
+    finally:
+        engine.init_program.cache_clear()
+        engine.sample_program.cache_clear()
+    assert report["verdict"]["passed"] is False, calibrate.format_report(report)
