@@ -12,6 +12,7 @@ from typing import Optional
 import ray
 
 from sampler import driver, runner
+from sampler.config import Config
 from sampler.runner import RunContext, Shard
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,12 @@ MAX_SHARD_RETRIES = 3
 class ShardWorker:
     """Holds a run's context (model, data, compiled programs) and samples the shards it is given."""
 
-    def __init__(self, run_dir: str):
-        # JAX hygiene: do not grab all GPU memory (several actors may share a host)
+    def __init__(self, cfg: Config, run_dir: str):
+        # JAX hygiene: do not grab all GPU memory (several actors may share a host); Ray sets
+        # CUDA_VISIBLE_DEVICES to the GPU it assigned, so JAX sees only that one
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        self.ctx = RunContext.from_run_dir(Path(run_dir))
+        # the driver's config, not DIR/config.toml: a resumed run may read its data from a new path
+        self.ctx = RunContext(cfg, Path(run_dir))
 
     def pid(self) -> int:
         return os.getpid()
@@ -49,9 +52,11 @@ def start_ray(address: Optional[str], workers: int) -> None:
                  log_to_driver=False, configure_logging=False)
 
 
-def _new_worker(run_dir: Path):
+def _new_worker(ctx: RunContext):
+    """A fresh actor: one GPU when the cluster has GPUs, else one CPU; never restarted by Ray (the
+    queue replaces it and re-queues its shard)."""
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(str(run_dir))
+    return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir))
 
 
 def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> None:
@@ -64,9 +69,13 @@ def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> No
     ``MAX_SHARD_RETRIES`` times stops the run.
     """
     run_dir = ctx.run_dir
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus and workers > gpus:  # an actor waiting for a GPU that does not exist would hold its shard
+        log.warning("%d workers requested but the cluster has %d GPUs; using %d", workers, gpus, gpus)
+        workers = gpus
     queue = list(ctx.shards)
     retries: dict[int, int] = {}
-    idle = [_new_worker(run_dir) for _ in range(min(workers, len(queue)))]
+    idle = [_new_worker(ctx) for _ in range(min(workers, len(queue)))]
     running: dict = {}  # object ref -> (worker, shard)
     while queue or running:
         while queue and idle:
@@ -88,6 +97,6 @@ def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> No
                 log.warning("worker died on shard %d (%s); replacing it and resuming the shard from draw %d",
                             shard.index, type(err).__name__, resume_from)
                 ray.kill(worker, no_restart=True)
-                idle.append(_new_worker(run_dir))
+                idle.append(_new_worker(ctx))
                 queue.insert(0, shard)
         progress.poll(run_dir)

@@ -1,11 +1,17 @@
 """Ray workers: a worker process killed mid-shard is replaced and its shard resumes from its last
-checkpoint (the store equals the uninterrupted run); the aggregated progress bar over resumed runs."""
+checkpoint (the store equals the uninterrupted run); the aggregated progress bar over resumed runs;
+`sampler submit` to a real local `ray start --head` cluster."""
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import cli, simulate, write_config
-from tests.test_resume import assert_same_draws
+from tests.test_resume import assert_same_draws, read_store
 
 NUM_DRAWS = 300
 
@@ -122,3 +128,90 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
     fresh.poll(run_dir)  # Ray path: from the checkpoints
     assert fresh.bar.n == 6 * NUM_DRAWS - 2 * 10
     fresh.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A Ray head on 127.0.0.1 with free ports and its own temp dir (``ray start --block``, so every
+    process of this cluster descends from the one we start); stopped through those pids only."""
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths must fit
+    dashboard = free_port()
+    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
+             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this one
+    env["JAX_COMPILATION_CACHE_DIR"] = str(Path(env.get("JAX_COMPILATION_CACHE_DIR", ".venv/xla-cache")).resolve())
+    args = [str(venv_bin / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
+            f"--temp-dir={temp_dir}", "--disable-usage-stats"] + [f"{k}={v}" for k, v in ports.items()]
+    log = open(Path(temp_dir) / "head.log", "w")
+    head = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert head.poll() is None, (Path(temp_dir) / "head.log").read_text()
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
+                break
+            except urllib.error.HTTPError:  # it answers (401: Ray's token authentication is on)
+                break
+            except OSError:
+                pass
+            assert time.time() < deadline, "Ray head did not start"
+            time.sleep(0.5)
+        yield address
+    finally:
+        procs = psutil.Process(head.pid).children(recursive=True) if head.poll() is None else []
+        head.terminate()  # its processes share its fate (Ray's kernel fate-sharing); leftovers killed below
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            p.kill()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_submit_to_local_cluster(problem, local_cluster):
+    """`sampler submit --wait` on a real `ray start --head` cluster: the job completes and its store
+    holds the same draws as the in-process run (the reference's first 40 draws: each draw's random
+    stream depends on its index only, and both run the same 10-draw block program)."""
+    root, cfg = problem
+    run_dir = root / "submitted"
+    res = cli("submit", cfg, "--address", local_cluster, "--run-dir", run_dir, "--workers", "1", "--wait",
+              "--set", "sampler.num_draws=40", cwd=root, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    job_id = res.stdout.strip()
+    assert job_id.startswith("raysubmit_")
+    assert f"ray job logs --follow {job_id} --address {local_cluster}" in res.stderr
+    assert f"sampler status {run_dir}" in res.stderr
+    status = json.loads(cli("status", run_dir, "--json").stdout)
+    assert all(r["draws_done"] == 40 and r["failures"] == 0 for r in status)
+    got, want = read_store(run_dir), read_store(root / "reference")
+    for key in want:
+        assert got[key].shape[1] == 40
+        np.testing.assert_array_equal(got[key], want[key][:, :40], err_msg=key)
+
+
+def test_submit_bad_input_is_one_line_and_submits_nothing(problem):
+    root, cfg = problem
+    res = cli("submit", cfg, "--address", "http://127.0.0.1:9", "--set", 'data.path="missing.npz"', cwd=root)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"sampler: error: data.path: file not found: {root / 'missing.npz'}"]
+    res = cli("submit", cfg, "--address", f"http://127.0.0.1:{free_port()}", "--run-dir", root / "x", cwd=root)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "cannot reach a Ray dashboard" in res.stderr
+    assert not (root / "x").exists()
