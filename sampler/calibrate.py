@@ -33,7 +33,8 @@ step-down correction over the verdict quantities at ``ALPHA``.  Coverage: the fr
 whose true value lies in the central 50/80/90/95% posterior interval, with Clopper-Pearson 95%
 intervals.  Recovery: posterior z-score (mean - truth) / sd against contraction
 1 - (posterior IQR / prior IQR)^2, the prior IQR taken over the simulated true values (dynamax's
-inverse-Wishart priors have no finite variance, so the usual variance ratio is useless).
+inverse-Wishart priors have no finite variance, so the usual variance ratio is useless); on the log
+scale for variances (they span several decades across prior draws).
 """
 from __future__ import annotations
 
@@ -41,16 +42,24 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Optional
 
+import jax
+import matplotlib
 import numpy as np
+import zarr
+from scipy import stats
 
-from sampler import simulate
-from sampler.config import Config
-from sampler.errors import UserError
-from sampler.model import LEAVES, Model, store_name
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sampler import driver, runner, simulate  # noqa: E402
+from sampler.config import Config  # noqa: E402
+from sampler.errors import UserError  # noqa: E402
+from sampler.model import LEAVES, Model, set_leaf, store_name  # noqa: E402
 
 SIMULATED = "simulated.npz"
 REPORT = "calibration.json"
@@ -132,8 +141,6 @@ def log_likelihoods(model: Model, params: dict[str, np.ndarray], emissions: np.n
     Returns:
         (N, L).
     """
-    import jax
-    from sampler.model import set_leaf
     template = model.initial_params(jax.random.PRNGKey(0), {})
 
     def one(leaves, y, u):
@@ -172,8 +179,7 @@ def _grid(L: int) -> np.ndarray:
 def _gamma(counts: np.ndarray, N: int, z: np.ndarray) -> np.ndarray:
     """Saeilynoja et al.'s statistic: min over the grid of the two-sided binomial tail probability of
     the ECDF counts.  counts (..., K) = #{rank < k}; z (K,) -> (...)."""
-    from scipy.stats import binom
-    p = 2.0 * np.minimum(binom.cdf(counts, N, z), binom.sf(counts - 1, N, z))
+    p = 2.0 * np.minimum(stats.binom.cdf(counts, N, z), stats.binom.sf(counts - 1, N, z))
     return np.minimum(p, 1.0).min(-1)
 
 
@@ -196,11 +202,10 @@ def ecdf_test(r: np.ndarray, L: int, null: np.ndarray) -> float:
 
 def ecdf_band(N: int, L: int, null: np.ndarray, level: float = 0.95):
     """Simultaneous ``level`` band of ECDF - z on the grid: (z (K,), lower (K,), upper (K,))."""
-    from scipy.stats import binom
     k = _grid(L)
     z = k / (L + 1)
     g = np.quantile(null, 1 - level)
-    return z, binom.ppf(g / 2, N, z) / N - z, binom.isf(g / 2, N, z) / N - z
+    return z, stats.binom.ppf(g / 2, N, z) / N - z, stats.binom.isf(g / 2, N, z) / N - z
 
 
 def _bins(N: int, L: int) -> int:
@@ -210,11 +215,10 @@ def _bins(N: int, L: int) -> int:
 
 def chi2_test(r: np.ndarray, L: int) -> float:
     """Chi-square p-value of binned ranks (bin b holds ranks with floor(r B / (L + 1)) = b)."""
-    from scipy.stats import chisquare
     B = _bins(len(r), L)
     observed = np.bincount(r * B // (L + 1), minlength=B)
     expected = np.bincount(np.arange(L + 1) * B // (L + 1), minlength=B) / (L + 1) * len(r)
-    return float(chisquare(observed, expected).pvalue)
+    return float(stats.chisquare(observed, expected).pvalue)
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -229,10 +233,9 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    from scipy.stats import beta
     a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.isf(a, k + 1, n - k))
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))
     return lo, hi
 
 
@@ -267,7 +270,6 @@ def _run_config(cfg: Config, data_path: Path) -> Config:
 def _prepare(cfg: Config, blob: bytes) -> None:
     """Make ``cfg.run.dir`` a run dir whose data file ``DIR/simulated.npz`` holds ``blob`` (or check
     that an existing one does).  Raises ``UserError`` (writing nothing) on a changed simulation."""
-    from sampler import runner
     run_dir = Path(cfg.run.dir)
     sim = run_dir / SIMULATED
     run_file = run_dir / runner.RUN_FILE
@@ -295,14 +297,9 @@ def _prepare(cfg: Config, blob: bytes) -> None:
 
 def _posterior(run_dir: Path, thin: Optional[int]) -> tuple[dict[str, np.ndarray], dict]:
     """Thinned posterior draws of every leaf, chains pooled: dotted leaf -> (N, L, *leaf_shape)."""
-    import zarr
-    from sampler.runner import STORE
-    root = zarr.open_group(str(run_dir / STORE), mode="r")
+    root = zarr.open_group(str(run_dir / runner.STORE), mode="r")
     C, K, N = root["sample_stats"]["lp"].shape
-    if thin is None:
-        thin = max(1, (C * K) // TARGET_DRAWS)
-    if thin < 1 or thin > K:
-        raise UserError(f"--thin {thin}: must be between 1 and the number of draws per chain ({K})")
+    thin = thin or max(1, (C * K) // TARGET_DRAWS)
     keep = np.arange(0, K, thin)
     out = {}
     for leaf in LEAVES:
@@ -331,12 +328,12 @@ def calibrate(cfg: Config, *, num_datasets: int, num_timesteps: int = 100, thin:
     ``quantities`` (per quantity: kind, in_verdict, p_value (ECDF), p_holm, p_chi2, coverage,
     recovery summary, ranks), ``verdict`` and ``plots``.
     """
-    from sampler import driver
     run_dir = Path(cfg.run.dir).resolve()
     cfg = cfg.model_copy(deep=True)
     cfg.run.dir = str(run_dir)
-    if thin is not None and thin < 1:
-        raise UserError(f"--thin {thin}: must be at least 1")
+    if thin is not None and not 1 <= thin <= cfg.sampler.num_draws:
+        raise UserError(f"--thin {thin}: must be between 1 and sampler.num_draws ({cfg.sampler.num_draws})")
+    runner.check_run_dir(run_dir)  # before the simulation: a foreign non-empty dir is refused at once
     use_ray = (cfg.run.workers if workers is None else workers) > 0 or address is not None
     if use_ray:  # before JAX starts its threads (see driver.execute)
         from sampler import distributed
@@ -379,8 +376,9 @@ def analyse(cfg: Config, arrays: dict[str, np.ndarray], *, thin: Optional[int] =
     for name, (kind, t) in q_truth.items():
         d = q_draws[name][1]
         r = ranks(t, d, rng)
-        z, contraction = recovery(t, d)
-        rows.append({"name": name, "kind": kind,
+        log_scale = _is_variance(name)  # variances span decades across prior draws: compare logs
+        z, contraction = recovery(np.log(t), np.log(d)) if log_scale else recovery(t, d)
+        rows.append({"name": name, "kind": kind, "recovery_scale": "log" if log_scale else "linear",
                      "in_verdict": kind != "rotation-dependent" or include_rotation_dependent,
                      "p_value": ecdf_test(r, L, null), "p_chi2": chi2_test(r, L), "coverage": coverage(t, d),
                      "z_median": _finite(np.nanmedian(z)), "z_abs_gt_3": float(np.mean(np.abs(z) > 3)),
@@ -407,6 +405,11 @@ def analyse(cfg: Config, arrays: dict[str, np.ndarray], *, thin: Optional[int] =
     return report
 
 
+def _is_variance(name: str) -> bool:
+    """A diagonal entry of a covariance leaf or of HQH'."""
+    return re.fullmatch(r"(.*_cov|HQH')\[(\d+),\2\]", name) is not None
+
+
 def _finite(x) -> Optional[float]:
     return float(x) if np.isfinite(x) else None
 
@@ -419,9 +422,6 @@ def _write_json(path: Path, obj) -> None:
 
 # --- figures ---------------------------------------------------------------------------------------------
 def _panels(n: int):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
@@ -431,7 +431,6 @@ def _panels(n: int):
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
@@ -450,10 +449,9 @@ def _title(ax, row: dict) -> None:
 
 def rank_histograms(path: Path, rows: list[dict], N: int, L: int, title: str) -> Path:
     """Rank histograms with the 99% binomial band of each bin's count under uniform ranks."""
-    from scipy.stats import binom
     B = _bins(N, L)
     width = np.bincount(np.arange(L + 1) * B // (L + 1), minlength=B) / (L + 1)
-    lo, hi = binom.ppf(0.005, N, width), binom.isf(0.005, N, width)
+    lo, hi = stats.binom.ppf(0.005, N, width), stats.binom.isf(0.005, N, width)
     fig, axes = _panels(len(rows))
     for ax, row in zip(axes, rows):
         counts = np.bincount(np.asarray(row["ranks"]) * B // (L + 1), minlength=B)
@@ -500,7 +498,7 @@ def recovery_plot(path: Path, rows: list[dict], title: str) -> Path:
         ax.set_xlabel("contraction", fontsize=8)
         ax.set_ylabel("z-score", fontsize=8)
         ax.tick_params(labelsize=8)
-        ax.set_title(row["name"], fontsize=9)
+        ax.set_title(row["name"] + (" (log)" if row["recovery_scale"] == "log" else ""), fontsize=9)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
@@ -514,8 +512,8 @@ def plot_all(plots: Path, rows: list[dict], N: int, L: int, null: np.ndarray) ->
                            f"SBC rank histograms, verdict quantities ({N} datasets, {L} draws each; 99% band)"),
            ecdf_differences(plots / "calibration_ecdf.png", verdict, N, L, null,
                             "ECDF(rank) - uniform, simultaneous 95% band"),
-           recovery_plot(plots / "calibration_recovery.png", verdict,
-                         "recovery: posterior z-score vs contraction (clipped)")]
+           recovery_plot(plots / "calibration_recovery.png", [r for r in verdict if r["kind"] != "joint"],
+                         "recovery: posterior z-score vs contraction, one dot per dataset (clipped)")]
     if other:
         out += [rank_histograms(plots / "calibration_ranks_rotation_dependent.png", other, N, L,
                                 "SBC rank histograms, rotation-dependent quantities (not in the verdict)"),

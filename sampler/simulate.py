@@ -28,14 +28,19 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from sampler import data as data_mod
+from sampler import runner
 from sampler.config import Config
 from sampler.errors import UserError
+from sampler.gibbs import _NIWAsMNIW, _regression_block
 from sampler.model import LEAVES, RANDOM_DEFAULT, Model, get_leaf, set_leaf, store_name
 
 #: redraws per dataset before giving up (at the default bound ~50% of draws are kept for
@@ -57,9 +62,6 @@ def prior_draw(key, model: Model, anchor):
         ``ParamsLGSSM``: frozen leaves as in ``anchor``, free leaves drawn.  The three blocks
         (m0, S0), ([F B b], Q), ([H D d], R) are independent a priori.
     """
-    import jax
-    import jax.numpy as jnp
-    from sampler.gibbs import _NIWAsMNIW, _regression_block
 
     S, U = model.state_dim, model.input_dim
     frozen, ssm = set(model.frozen), model.ssm
@@ -96,10 +98,8 @@ def sample_dataset(key, model: Model, params, num_sequences: int, num_timesteps:
 
     Returns:
         emissions (M, T, D) with NaN at missing entries; inputs (M, T, U) standard normal, or None
-        when ``input_dim == 0``.
+        when ``input_dim == 0``; missing (M, T, D) bool.
     """
-    import jax
-    import jax.numpy as jnp
     M, T, U = num_sequences, num_timesteps, model.input_dim
     dtype = params.emissions.cov.dtype
     k_u, k_y, k_mask = jax.random.split(key, 3)
@@ -112,30 +112,31 @@ def sample_dataset(key, model: Model, params, num_sequences: int, num_timesteps:
         inputs = None
         ys = jax.vmap(lambda k: ssm.sample(params, k, T)[1])(keys)
     missing = jax.random.uniform(k_mask, ys.shape, dtype) < missing_fraction
-    return jnp.where(missing, jnp.nan, ys), inputs
+    return jnp.where(missing, jnp.nan, ys), inputs, missing
 
 
 def _attempt(model, num_sequences, num_timesteps, missing_fraction, from_prior, key, anchor, max_abs):
     """One simulation try: (params, emissions, inputs, accepted).  ``accepted``: observed entries finite,
     at most ``max_abs`` in absolute value, and at least one observed entry (a rule on the data only)."""
-    import jax.numpy as jnp
-    import jax
     k_par, k_data = jax.random.split(key)
     params = prior_draw(k_par, model, anchor) if from_prior else anchor
-    ys, inputs = sample_dataset(k_data, model, params, num_sequences, num_timesteps, missing_fraction)
-    # a non-finite value drawn where the entry is then masked out is never observed
-    observed = ~jnp.isnan(ys)
-    ok = jnp.all(jnp.where(observed, jnp.abs(ys) <= max_abs, True)) & jnp.any(observed)
+    ys, inputs, missing = sample_dataset(k_data, model, params, num_sequences, num_timesteps, missing_fraction)
+    # NaN (overflow) at an observed entry fails the bound too; at a masked entry it is never observed
+    ok = jnp.all(missing | (jnp.abs(ys) <= max_abs)) & ~jnp.all(missing)
     return params, ys, inputs, ok
 
 
 @lru_cache(maxsize=None)
 def _program(model: Model, num_sequences: int, num_timesteps: int, missing_fraction: float, from_prior: bool):
-    """Compiled ``(keys (N,), anchors (N, ...), max_abs) -> (params, emissions, inputs, accepted)``."""
-    import jax
-    from functools import partial
+    """Compiled ``(slot_keys (N,), attempt, anchors (N, ...), max_abs) -> (params, emissions, inputs,
+    accepted)``, attempt ``attempt`` of every dataset (its key: ``fold_in(slot_key, attempt)``)."""
     one = partial(_attempt, model, num_sequences, num_timesteps, missing_fraction, from_prior)
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+
+    def batch(slot_keys, attempt, anchors, max_abs):
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, attempt))(slot_keys)
+        return jax.vmap(one, in_axes=(0, 0, None))(keys, anchors, max_abs)
+
+    return jax.jit(batch)
 
 
 # --- host side -----------------------------------------------------------------------------------------
@@ -152,7 +153,6 @@ def _dataset_values(arr: np.ndarray, num_datasets: int, where: str) -> np.ndarra
 def _file_values(cfg: Config, model: Model, source: str, num_datasets: int) -> dict[str, np.ndarray]:
     """Per-dataset leaf values the simulation holds fixed: the frozen leaves (``prior``) or every
     leaf (``truth``), dotted leaf -> (num_datasets, *leaf_shape)."""
-    from sampler import data as data_mod
     frozen = set(model.frozen)
     path = Path(cfg.data.path)
     if source == "prior" and (not path.is_file() or not frozen):
@@ -184,8 +184,6 @@ def _file_values(cfg: Config, model: Model, source: str, num_datasets: int) -> d
 
 def _anchors(model: Model, values: dict[str, np.ndarray], num_datasets: int, dtype):
     """``ParamsLGSSM`` with leaves (N, ...): dynamax's default values overridden by ``values``."""
-    import jax
-    import jax.numpy as jnp
     default = model.initial_params(jax.random.PRNGKey(0), {})
     leaves = {leaf: values.get(leaf, np.broadcast_to(np.asarray(get_leaf(default, leaf)),
                                                      (num_datasets, *model.leaf_shape(leaf))))
@@ -213,8 +211,6 @@ def simulate_arrays(cfg: Config, *, num_datasets: int, source: str = "prior", nu
         info: settings, draws made and rejected, fraction with explosive dynamics (spectral radius
         of F > 1) among all prior draws and among the kept datasets.
     """
-    import jax
-    from sampler import runner
     if source not in ("prior", "truth"):
         raise UserError(f"--from {source!r}: expected 'prior' or 'truth'")
     for name, value in (("--num-datasets", num_datasets), ("--num-timesteps", num_timesteps),
@@ -241,8 +237,8 @@ def simulate_arrays(cfg: Config, *, num_datasets: int, source: str = "prior", nu
     result = None
     draws, explosive_draws = 0, 0
     for attempt in range(MAX_ATTEMPTS if source == "prior" else 1):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, attempt))(slot_keys)
-        params, ys, inputs, ok = jax.tree.map(np.asarray, program(keys, anchors, max_abs_emission))
+        params, ys, inputs, ok = jax.tree.map(np.asarray, program(slot_keys, np.uint32(attempt), anchors,
+                                                                  max_abs_emission))
         take = pending & ok
         if result is None:
             result = (params, ys, inputs)
