@@ -13,10 +13,12 @@ import ray
 
 from sampler import driver, runner
 from sampler.config import Config
+from sampler.errors import UserError
 from sampler.runner import RunContext, Shard
 
 log = logging.getLogger(__name__)
 MAX_SHARD_RETRIES = 3
+GPUS_ENV = "SAMPLER_WORKER_GPUS"
 
 
 @ray.remote
@@ -29,9 +31,6 @@ class ShardWorker:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         # the driver's config, not DIR/config.toml: a resumed run may read its data from a new path
         self.ctx = RunContext(cfg, Path(run_dir))
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def run(self, shard: Shard) -> int:
         return runner.run_shard(self.ctx, shard)
@@ -50,12 +49,28 @@ def start_ray(address: Optional[str], workers: int) -> None:
     else:
         ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+    worker_gpus()  # a bad $SAMPLER_WORKER_GPUS fails here, before the run dir is touched
 
 
-def _new_worker(ctx: RunContext):
-    """A fresh actor: one GPU when the cluster has GPUs, else one CPU; never restarted by Ray (the
-    queue replaces it and re-queues its shard)."""
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+def worker_gpus() -> float:
+    """GPUs per actor: ``$SAMPLER_WORKER_GPUS`` when set (e.g. 1 on an autoscaling cluster whose GPU
+    nodes are not up yet, so that actors wait for them instead of running on CPU), else 1 when the
+    cluster has GPUs now, else 0."""
+    value = os.environ.get(GPUS_ENV)
+    if value is None:
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    try:
+        gpus = float(value)
+    except ValueError:
+        gpus = -1.0
+    if gpus < 0:
+        raise UserError(f"${GPUS_ENV}={value!r}: expected the number of GPUs per worker, e.g. 1")
+    return gpus
+
+
+def _new_worker(ctx: RunContext, gpus: float):
+    """A fresh actor with one CPU and ``gpus`` GPUs, never restarted by Ray (the queue replaces it and
+    re-queues its shard)."""
     return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir))
 
 
@@ -69,13 +84,15 @@ def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> No
     ``MAX_SHARD_RETRIES`` times stops the run.
     """
     run_dir = ctx.run_dir
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus and workers > gpus:  # an actor waiting for a GPU that does not exist would hold its shard
-        log.warning("%d workers requested but the cluster has %d GPUs; using %d", workers, gpus, gpus)
-        workers = gpus
+    gpus = worker_gpus()
+    if gpus and GPUS_ENV not in os.environ:  # an actor waiting for a GPU that is not there would hold its shard
+        fit = int(ray.cluster_resources()["GPU"] // gpus)
+        if workers > fit:
+            log.warning("%d workers requested but the cluster has %d GPUs; using %d", workers, fit, fit)
+            workers = fit
     queue = list(ctx.shards)
     retries: dict[int, int] = {}
-    idle = [_new_worker(ctx) for _ in range(min(workers, len(queue)))]
+    idle = [_new_worker(ctx, gpus) for _ in range(min(workers, len(queue)))]
     running: dict = {}  # object ref -> (worker, shard)
     while queue or running:
         while queue and idle:
@@ -97,6 +114,6 @@ def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> No
                 log.warning("worker died on shard %d (%s); replacing it and resuming the shard from draw %d",
                             shard.index, type(err).__name__, resume_from)
                 ray.kill(worker, no_restart=True)
-                idle.append(_new_worker(ctx))
+                idle.append(_new_worker(ctx, gpus))
                 queue.insert(0, shard)
         progress.poll(run_dir)

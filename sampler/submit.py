@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -96,18 +97,20 @@ def submit(config_path, *, address: str, overrides: list[str], run_dir: Optional
     and exits with status 1 (``SystemExit``) unless it succeeded.  Returns the job's submission id.
     """
     from sampler import config
+    from sampler.distributed import GPUS_ENV
     cfg = _validate(config_path, list(overrides), run_dir)
     client = _client(address)
-    package = Path(__file__).resolve().parent
     command = ["python", "-m", "sampler", "run", "config.toml", "--run-dir", cfg.run.dir]
     if workers is not None:
         command += ["--workers", str(workers)]
     with tempfile.TemporaryDirectory(prefix="sampler-submit-") as staging:
         (Path(staging) / "config.toml").write_text(config.to_toml(cfg))
+        runtime_env = {"working_dir": staging, "py_modules": [str(Path(__file__).resolve().parent)],
+                       "excludes": ["__pycache__", "*.pyc"]}
+        if GPUS_ENV in os.environ:  # GPUs per worker on an autoscaling cluster (see sampler.distributed)
+            runtime_env["env_vars"] = {GPUS_ENV: os.environ[GPUS_ENV]}
         job_id = client.submit_job(
-            entrypoint=shlex.join(command),
-            runtime_env={"working_dir": staging, "py_modules": [str(package)],
-                         "excludes": ["__pycache__", "*.pyc"]},
+            entrypoint=shlex.join(command), runtime_env=runtime_env,
             metadata={"sampler_run_dir": cfg.run.dir, "sampler_config": str(Path(config_path).resolve())})
     print(f"submitted Ray job {job_id}; run dir {cfg.run.dir} (on the cluster's filesystem)\n"
           f"  logs:   ray job logs --follow {job_id} --address {address}\n"
