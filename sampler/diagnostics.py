@@ -1,4 +1,8 @@
-"""Per-dataset convergence diagnostics from the store (arviz underneath), on the draws written so far.
+"""Per-dataset convergence diagnostics from the store, on the draws written so far.
+
+arviz's rank-normalised split R-hat and bulk / tail ESS (Vehtari et al. 2021), re-implemented
+vectorised over all datasets and entries at once (equal to arviz to ~1e-12, tested): arviz loops over
+every scalar in Python, which took ~2.5 minutes for 256 datasets.
 
 The LG-SSM likelihood and dynamax's priors are invariant under a rotation of the latent space, so F, H,
 the initial state and Q are identified only up to that rotation and their R-hat says nothing about
@@ -9,48 +13,200 @@ one identified leaf, the emission covariance R; ``all_leaves=True`` adds every f
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
+import zarr
+from scipy import special
+from scipy.fft import next_fast_len
 
 from sampler import driver
 from sampler.runner import RUN_FILE, STORE
 
 INVARIANT = ("emissions_cov",)
 RHAT_OK, ESS_OK = 1.01, 400.0
+#: bytes of draws loaded at once (a shard's draws of the diagnosed entries, split by datasets if larger).
+LOAD_BYTES = 512 * 2 ** 20
+#: bytes of draws per vectorised diagnostics call (its temporaries are a few times this).
+CALL_BYTES = 32 * 2 ** 20
 
 
-def _diagnose(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    import arviz as az
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rhat = az.rhat(ds, method="rank")
-        bulk = az.ess(ds, method="bulk")
-        tail = az.ess(ds, method="tail")
+# --- arviz's rank-normalised split R-hat and bulk / tail ESS, vectorised over rows -------------------
+# Each function takes x of shape (K, chains, draws) and returns (K,), equal to arviz's
+# ``rhat(method="rank")``, ``ess(method="bulk")``, ``ess(method="tail")`` applied to every x[k] (tested).
+def _split_chains(x):
+    """(K, C, N) -> (K, 2C, N // 2): first and last halves of every chain (the middle draw of an odd N
+    is dropped)."""
+    half = x.shape[2] // 2
+    return np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half:]], axis=1)
 
-    def reduce(res: xr.Dataset, how) -> np.ndarray:
-        arrays = [how(res[v].values.reshape(res[v].sizes["dataset"], -1), axis=1) for v in res.data_vars]
-        return how(np.stack(arrays, axis=1), axis=1)
 
-    return {"max_rhat": reduce(rhat, np.nanmax), "min_ess_bulk": reduce(bulk, np.nanmin),
-            "min_ess_tail": reduce(tail, np.nanmin)}
+def _average_ranks(x):
+    """1-based ranks along axis 1 of (K, n), ties sharing their mean rank (``rankdata(method="average")``,
+    which is slow along an axis)."""
+    K, n = x.shape
+    order = np.argsort(x, axis=1)
+    s = np.take_along_axis(x, order, axis=1)
+    starts = np.ones((K, n), dtype=bool)
+    starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    first = np.flatnonzero(starts)  # flat positions where a run of equal values begins
+    size = np.diff(np.append(first, K * n))
+    sorted_ranks = np.repeat(first % n + (size + 1) / 2.0, size).reshape(K, n)
+    ranks = np.empty((K, n))
+    np.put_along_axis(ranks, order, sorted_ranks, axis=1)
+    return ranks
+
+
+def _z_scale(x):
+    """Rank-normalise each row over all its chains and draws (average ranks, Blom's offset 3/8)."""
+    K, C, N = x.shape
+    rank = _average_ranks(x.reshape(K, C * N))
+    return special.ndtri((rank - 0.375) / (C * N + 0.25)).reshape(K, C, N)
+
+
+def _rhat(x):
+    """Classic R-hat of each row of (K, C, N)."""
+    n = x.shape[2]
+    between = n * np.var(np.mean(x, axis=2), axis=1, ddof=1)
+    within = np.mean(np.var(x, axis=2, ddof=1), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant rows: NaN, as arviz
+        return np.sqrt((between / within + n - 1) / n)
+
+
+def _autocov(x):
+    """Autocovariance of each chain at every lag (FFT), (K, C, N)."""
+    n = x.shape[2]
+    m = next_fast_len(2 * n)
+    x = x - x.mean(axis=2, keepdims=True)
+    f = np.fft.rfft(x, n=m, axis=2)
+    return np.fft.irfft(f * np.conjugate(f), n=m, axis=2)[:, :, :n] / n
+
+
+def _ess(x):
+    """ESS of each row of (K, C, N) by Geyer's initial monotone sequence (arviz's ``_ess``)."""
+    K, C, N = x.shape
+    x = np.asarray(x, dtype=float)
+    acov = _autocov(x)
+    mean_var = acov[:, :, 0].mean(axis=1) * N / (N - 1.0)
+    var_plus = mean_var * (N - 1.0) / N
+    if C > 1:
+        var_plus = var_plus + np.var(x.mean(axis=2), axis=1, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant rows: replaced below
+        rho_all = 1.0 - (mean_var[:, None] - acov.mean(axis=1)) / var_plus[:, None]  # (K, N)
+    rho = np.zeros((K, N))
+    rho[:, 0] = 1.0
+    rho[:, 1] = rho_all[:, 1]
+    even, odd = np.ones(K), rho_all[:, 1].copy()
+    active = np.ones(K, dtype=bool)
+    t_end = np.ones(K, dtype=int)
+    for t in range(1, N - 3, 2):  # Geyer's initial positive sequence, rows stop independently
+        active &= (even + odd) > 0.0
+        if not active.any():
+            break
+        e, o = rho_all[:, t + 1], rho_all[:, t + 2]
+        even, odd = np.where(active, e, even), np.where(active, o, odd)
+        keep = active & (e + o >= 0)
+        rho[keep, t + 1], rho[keep, t + 2] = e[keep], o[keep]
+        t_end = np.where(active, t + 2, t_end)
+    max_t = t_end - 2
+    rows = np.arange(K)
+    last = even > 0
+    rho[rows[last], max_t[last] + 1] = even[last]
+    for t in range(1, int(max_t.max(initial=0)) - 1, 2):  # Geyer's initial monotone sequence
+        prev = rho[:, t - 1] + rho[:, t]
+        fix = (t <= max_t - 2) & (rho[:, t + 1] + rho[:, t + 2] > prev)
+        rho[fix, t + 1] = rho[fix, t + 2] = prev[fix] / 2.0
+    lag = np.arange(N)[None, :]
+    tau = (-1.0 + 2.0 * np.sum(np.where(lag <= max_t[:, None], rho, 0.0), axis=1)
+           + np.sum(np.where(lag == max_t[:, None] + 1, rho, 0.0), axis=1))
+    total = C * N
+    ess = total / np.maximum(tau, 1.0 / np.log10(total))
+    ess = np.where(np.isnan(rho).any(axis=1), np.nan, ess)
+    constant = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))) < np.finfo(float).resolution
+    return np.where(constant, float(total), ess)
+
+
+def _valid(x, min_chains: int) -> np.ndarray:
+    """Rows arviz diagnoses: no NaN, at least 4 draws and ``min_chains`` chains."""
+    ok = ~np.isnan(x).any(axis=(1, 2))
+    return ok & (x.shape[2] >= 4) & (x.shape[1] >= min_chains)
+
+
+def rank_diagnostics(x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-normalised split R-hat (max of bulk and folded), bulk ESS and tail ESS (min over the 5% and
+    95% quantile indicators) of each row of x (K, C, N), as arviz's ``rhat(method="rank")``,
+    ``ess(method="bulk")`` and ``ess(method="tail")``; NaN where arviz gives NaN."""
+    K = len(x)
+    split = _split_chains(x)
+    z = _z_scale(split)
+    folded = np.abs(split - np.median(split.reshape(K, -1), axis=1)[:, None, None])
+    rhat = np.where(_valid(x, 2), np.maximum(_rhat(z), _rhat(_z_scale(folded))), np.nan)
+    bulk = np.where(_valid(x, 1), _ess(z), np.nan)
+    q = np.quantile(x.reshape(K, -1), [0.05, 0.95], axis=1)  # type 7, as arviz's ``quantile``
+    tail = np.minimum(*(_ess(_split_chains((x <= qk[:, None, None]).astype(float))) for qk in q))
+    return rhat, bulk, np.where(_valid(x, 1), tail, np.nan)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+def _entries(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Flat indices of a draw's entries to diagnose: the lower triangle of covariance matrices (their
+    upper triangle is the same numbers), every entry otherwise."""
+    size = int(np.prod(shape, dtype=int))
+    if name.endswith("_cov") and len(shape) == 2 and shape[0] == shape[1]:
+        i, j = np.tril_indices(shape[0])
+        return np.ravel_multi_index((i, j), shape)
+    return np.arange(size)
+
+
+def _load(arrays: dict, draws: int, a: int, b: int) -> np.ndarray:
+    """Draws [0, draws) of datasets [a, b): (datasets, entries, chains, draws), store chunk by chunk."""
+    parts = []
+    for name, arr in arrays.items():
+        idx = _entries(name, arr.shape[3:])
+        step = arr.chunks[1]
+        out = np.empty((b - a, idx.size, arr.shape[0], draws))
+        for d0 in range(0, draws, step):
+            d1 = min(d0 + step, draws)
+            x = arr[:, d0:d1, a:b].reshape(arr.shape[0], d1 - d0, b - a, -1)[..., idx]  # (C, k, n, E)
+            out[..., d0:d1] = x.transpose(2, 3, 0, 1)
+        parts.append(out)
+    return np.concatenate(parts, axis=1)
+
+
+def _diagnose(x: np.ndarray) -> dict[str, np.ndarray]:
+    """x: (datasets, entries, chains, draws) -> per dataset max R-hat, min bulk and tail ESS over entries."""
+    n, E, C, N = x.shape
+    per_call = max(1, CALL_BYTES // (E * C * N * 8))
+    out = {"max_rhat": [], "min_ess_bulk": [], "min_ess_tail": []}
+    for a in range(0, n, per_call):
+        rows = x[a:a + per_call].reshape(-1, C, N)
+        k = len(rows) // E
+        for key, values, how in zip(("max_rhat", "min_ess_bulk", "min_ess_tail"), rank_diagnostics(rows),
+                                    (np.nanmax, np.nanmin, np.nanmin)):
+            values = values.reshape(k, E)
+            all_nan = np.isnan(values).all(axis=1)
+            out[key].append(np.where(all_nan, np.nan, how(np.where(all_nan[:, None], 0.0, values), axis=1)))
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
-    """Per-dataset diagnostics and an aggregate verdict.
+    """Per-dataset diagnostics and an aggregate verdict, on the draws stored so far.
 
     Returns {"datasets": [{dataset, draws, max_rhat, min_ess_bulk, min_ess_tail, divergences,
     acceptance_rate, step_size}], "aggregate": {...}, "quantities": [...], "algorithm": ...}.
     """
     run_dir = Path(run_dir)
     info = json.loads((run_dir / RUN_FILE).read_text())
-    tree = xr.open_datatree(str(run_dir / STORE), engine="zarr")
-    posterior, stats = tree["posterior"].to_dataset(), tree["sample_stats"].to_dataset()
-    frozen = set(tree.attrs.get("frozen", []))
-    names = [v for v in posterior.data_vars if posterior[v].size > 0
+    root = zarr.open_group(str(run_dir / STORE), mode="r")
+    posterior, stats_group = root["posterior"], root["sample_stats"]
+    frozen = set(root.attrs.get("frozen", []))
+    names = [v for v in sorted(posterior.array_keys(), key=_leaf_order) if posterior[v].size > 0
              and v.replace("_", ".", 1) not in frozen and (all_leaves or v in INVARIANT)]
+    arrays = {v: posterior[v] for v in names}
+    if all_leaves:
+        arrays["lp"] = stats_group["lp"]
+    chains = stats_group["lp"].shape[0]
+    per_dataset_draw = 8 * chains * sum(_entries(k, a.shape[3:]).size for k, a in arrays.items())
     rows = []
     for prog in driver.shard_progress(run_dir):
         a, b = prog["datasets"]
@@ -58,15 +214,16 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
         if n_draws < 4:
             rows += [{"dataset": d, "draws": n_draws} for d in range(a, b)]
             continue
-        sel = dict(draw=slice(0, n_draws), dataset=slice(a, b))
-        ds = posterior[names].isel(sel).load()
-        if all_leaves:
-            ds["lp"] = stats["lp"].isel(sel).load()
-        diag = _diagnose(ds)
-        st = stats.isel(sel)
-        div = st["diverging"].sum(("chain", "draw")).values
-        acc = st["acceptance_rate"].mean(("chain", "draw")).values
-        step = st["step_size"].mean(("chain", "draw")).values
+        block = max(1, LOAD_BYTES // (per_dataset_draw * n_draws))
+        diag = {}
+        for a0 in range(a, b, block):
+            part = _diagnose(_load(arrays, n_draws, a0, min(a0 + block, b)))
+            for key, value in part.items():
+                diag.setdefault(key, []).append(value)
+        diag = {k: np.concatenate(v) for k, v in diag.items()}
+        div = stats_group["diverging"][:, :n_draws, a:b].sum(axis=(0, 1))
+        acc = stats_group["acceptance_rate"][:, :n_draws, a:b].mean(axis=(0, 1))
+        step = stats_group["step_size"][:, :n_draws, a:b].mean(axis=(0, 1))
         for i, d in enumerate(range(a, b)):
             rows.append({"dataset": d, "draws": n_draws, "max_rhat": float(diag["max_rhat"][i]),
                          "min_ess_bulk": float(diag["min_ess_bulk"][i]),
@@ -80,6 +237,12 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
             "aggregate": {"datasets": len(rows), "diagnosed": len(done), "passing": len(ok),
                           "rhat_threshold": RHAT_OK, "ess_threshold": ESS_OK,
                           "with_divergences": sum(1 for r in done if r["divergences"] > 0)}}
+
+
+def _leaf_order(name: str) -> int:
+    from sampler.model import LEAVES, store_name
+    order = [store_name(leaf) for leaf in LEAVES]
+    return order.index(name) if name in order else len(order)
 
 
 def format_table(summary: dict, limit: int = 50) -> str:
