@@ -43,6 +43,9 @@ def start_ray(address: Optional[str], workers: int) -> None:
         return
     # Ray fork+execs its helpers; JAX's at-fork warning is about forks that keep running Python
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    # Ray >= 2.5x enables token auth on local clusters with a warning line on stderr; keep stderr for
+    # our own messages (bad input must read as one line)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)

@@ -42,28 +42,29 @@ def _validate(config_path, overrides: list[str], run_dir: Optional[str]):
     return cfg
 
 
-def _use_token_if_available() -> None:
+def _use_token_if_available() -> bool:
     """Clusters started by ``ray start`` (Ray >= 2.5x) require a token by default, which the job client
     sends only in token mode: turn that mode on when a token is available (``$RAY_AUTH_TOKEN``,
     ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``$RAY_AUTH_MODE`` is unset, as ``ray.init``
-    does when it connects to a cluster."""
+    does when it connects to a cluster.  Returns whether token mode is on."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available)
     except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        return False
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _client(address: str):
+    """(client, whether it authenticates with a token)."""
     import ray.exceptions
     from ray.job_submission import JobSubmissionClient
     logging.getLogger("ray").setLevel(logging.WARNING)  # no per-package upload chatter
     # its warning is about starting a cluster ("set RAY_AUTH_MODE=disabled to opt out"), not this client
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-    _use_token_if_available()
+    token = _use_token_if_available()
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address), token
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"--address {address}: cannot reach a Ray dashboard ({first})") from None
@@ -99,7 +100,7 @@ def submit(config_path, *, address: str, overrides: list[str], run_dir: Optional
     from sampler import config
     from sampler.distributed import GPUS_ENV
     cfg = _validate(config_path, list(overrides), run_dir)
-    client = _client(address)
+    client, token = _client(address)
     command = ["python", "-m", "sampler", "run", "config.toml", "--run-dir", cfg.run.dir]
     if workers is not None:
         command += ["--workers", str(workers)]
@@ -112,9 +113,10 @@ def submit(config_path, *, address: str, overrides: list[str], run_dir: Optional
         job_id = client.submit_job(
             entrypoint=shlex.join(command), runtime_env=runtime_env,
             metadata={"sampler_run_dir": cfg.run.dir, "sampler_config": str(Path(config_path).resolve())})
+    ray_cli = "RAY_AUTH_MODE=token ray" if token else "ray"  # Ray's CLI sends the token only in token mode
     print(f"submitted Ray job {job_id}; run dir {cfg.run.dir} (on the cluster's filesystem)\n"
-          f"  logs:   ray job logs --follow {job_id} --address {address}\n"
-          f"  status: ray job status {job_id} --address {address}\n"
+          f"  logs:   {ray_cli} job logs --follow {job_id} --address {address}\n"
+          f"  status: {ray_cli} job status {job_id} --address {address}\n"
           f"  shards: sampler status {cfg.run.dir}", file=sys.stderr)
     if wait:
         status = _follow(client, job_id)

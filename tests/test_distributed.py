@@ -215,3 +215,13 @@ def test_submit_bad_input_is_one_line_and_submits_nothing(problem):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "cannot reach a Ray dashboard" in res.stderr
     assert not (root / "x").exists()
+
+
+def test_bad_worker_gpus_is_one_line_and_writes_nothing(problem):
+    root, cfg = problem
+    res = cli("run", cfg, "--run-dir", root / "bad_gpus", "--workers", "1", cwd=root,
+              env={"SAMPLER_WORKER_GPUS": "one"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "sampler: error: $SAMPLER_WORKER_GPUS='one': expected the number of GPUs per worker, e.g. 1"]
+    assert not (root / "bad_gpus").exists()
