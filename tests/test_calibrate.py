@@ -138,7 +138,7 @@ def test_prior_draws_match_dynamax_prior():
 
 
 def test_simulate_cli_file_runs(tmp_path):
-    """`sampler simulate` (inputs, sequences, missing entries) writes a file `sampler run` accepts."""
+    """`sampler simulate` (inputs, sequences, missing entries) writes a data file for `sampler run`."""
     cfg = write_config(tmp_path / "c.toml", "sim.npz", state_dim=1, emission_dim=2,
                        model={"state_dim": 1, "emission_dim": 2, "input_dim": 1},
                        sampler={"num_chains": 1, "num_warmup": 5, "num_draws": 5})
@@ -152,6 +152,19 @@ def test_simulate_cli_file_runs(tmp_path):
         assert f["true_emissions_cov"].shape == (4, 2, 2) and f["true_dynamics_input_weights"].shape == (4, 1, 1)
         assert 0.05 < np.isnan(f["emissions"]).mean() < 0.4
         assert np.nanmax(np.abs(f["emissions"])) <= simulate.DEFAULT_MAX_ABS_EMISSION
+    # what `sampler run` checks before sampling (the data file against the model)
+    ctx = runner.RunContext(config.load(cfg), tmp_path / "run")
+    assert ctx.data.num_datasets == 4 and ctx.data.has_sequences and ctx.data.partial_missing
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_simulate_cli_file_samples(tmp_path):
+    """`sampler run` samples a `sampler simulate` file to the end (slow: compiles a sampler)."""
+    cfg = write_config(tmp_path / "c.toml", "sim.npz", state_dim=1, emission_dim=2,
+                       sampler={"num_chains": 1, "num_warmup": 5, "num_draws": 5})
+    assert cli("simulate", cfg, "--out", tmp_path / "sim.npz", "--num-datasets", 2, "--num-timesteps", 15,
+               "--missing-fraction", 0.2, cwd=tmp_path).returncode == 0
     res = cli("run", cfg, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "run" / "samples.zarr").is_dir()
