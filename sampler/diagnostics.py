@@ -26,9 +26,9 @@ from sampler.runner import RUN_FILE, STORE
 INVARIANT = ("emissions_cov",)
 RHAT_OK, ESS_OK = 1.01, 400.0
 #: bytes of draws loaded at once (a shard's draws of the diagnosed entries, split by datasets if larger).
-LOAD_BYTES = 512 * 2 ** 20
+LOAD_BYTES = 256 * 2 ** 20
 #: bytes of draws per vectorised diagnostics call (its temporaries are a few times this).
-CALL_BYTES = 32 * 2 ** 20
+CALL_BYTES = 16 * 2 ** 20
 
 
 # --- arviz's rank-normalised split R-hat and bulk / tail ESS, vectorised over rows -------------------

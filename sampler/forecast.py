@@ -301,60 +301,32 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
     chains = posterior[store_name(LEAVES[0])].shape[0]
     keep = np.arange(burn_in, available, thin)
     ds_read, draw_read = _read_layout(posterior, N, available)
-    per_pair = 8 * M * (T + horizon) * D * 8  # per-draw mean/var, their products and temporaries
-    batch = max_batch or max(1, PASS_BYTES // per_pair)
+    batch = max_batch or max(1, PASS_BYTES // (8 * M * (T + horizon) * D * 8))  # results + temporaries
     n_pass = min(ds_read, batch)
-    k_pass = max(1, min(batch // n_pass, chains * len(keep)))
     form = ctx.model.kalman_form if ctx.model.kalman_form in ("information", "covariance") else "auto"
-    run_pass = _compiled_pass(form, ctx.model.partial_missing)
     dtype = np.float64 if ctx.cfg.sampler.dtype == "float64" else np.float32
+    passes = _Passes(_compiled_pass(form, ctx.model.partial_missing), n_pass,
+                     max(1, min(batch // n_pass, chains * len(keep))), dtype)
+    data_arrays = (data.emissions, inputs, future)
 
-    seq = ("sequence",) if data.has_sequences else ()
     tmp = run_dir / f".{GROUP}.tmp-{uuid.uuid4().hex}"
     try:
-        out = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        out.attrs.update({"horizon": horizon, "burn_in": burn_in, "thin": thin, "chains": chains,
-                          "draws_per_chain": len(keep), "draws_available": available,
-                          "combined_by": "law of total variance over posterior draws"})
-        arrays = {}
-        for name, steps, dim in (("smooth", T, "time"), ("forecast", horizon, "horizon")):
-            for stat in ("mean", "std"):
-                shape = (N, M, steps, D) if seq else (N, steps, D)
-                arrays[f"{name}_{stat}"] = out.create_array(
-                    f"{name}_{stat}", shape=shape, chunks=(ds_read,) + shape[1:], dtype="float64",
-                    fill_value=np.nan, dimension_names=("dataset",) + seq + (dim, "emission"))
+        arrays = _create_group(tmp, N, M, T, D, horizon, ds_read, data.has_sequences,
+                               {"horizon": horizon, "burn_in": burn_in, "thin": thin, "chains": chains,
+                                "draws_per_chain": len(keep), "draws_available": available,
+                                "combined_by": "law of total variance over posterior draws"})
         for a, b in _blocks(N, ds_read):
-            acc = [Moments(0, None, None, None) for _ in _blocks(b - a, n_pass)]
+            moments = Moments(0, None, None, None)
             for r0, r1 in _blocks(available, draw_read):
                 sel = keep[(keep >= r0) & (keep < r1)] - r0
-                if sel.size == 0:
-                    continue
-                leaves = {}
-                for leaf in LEAVES:
-                    x = posterior[store_name(leaf)][:, r0:r1, a:b][:, sel]  # (C, k, n, ...)
-                    leaves[leaf] = x.reshape((chains * sel.size,) + x.shape[2:]).astype(dtype)  # (C*k, n, ...)
-                K = leaves[LEAVES[0]].shape[0]
-                for j, (p0, p1) in enumerate(_blocks(b - a, n_pass)):
-                    ds = slice(a + p0, a + p1)
-                    ys = _pad(data.emissions[ds].astype(dtype), n_pass)
-                    us = _pad(inputs[ds].astype(dtype), n_pass)
-                    fs = _pad(future[ds].astype(dtype), n_pass)
-                    for k0, k1 in _blocks(K, k_pass):
-                        block = {leaf: _pad(_pad(v[k0:k1, p0:p1], n_pass, 1), k_pass)
-                                 for leaf, v in leaves.items()}
-                        weights = (np.arange(k_pass) < k1 - k0).astype(dtype)
-                        res = jax.tree.map(np.asarray, run_pass(block, ys, us, fs, weights))
-                        res = Moments(float(res.count), res.mean[:p1 - p0], res.m2[:p1 - p0],
-                                      res.mean_var[:p1 - p0])
-                        acc[j] = acc[j].merge(res)
-                del leaves
-            for j, (p0, p1) in enumerate(_blocks(b - a, n_pass)):
-                mom, ds = acc[j], slice(a + p0, a + p1)
-                std = mom.std()
-                for name, part in (("smooth", slice(0, T)), ("forecast", slice(T, T + horizon))):
-                    for stat, value in (("mean", mom.mean), ("std", std)):
-                        v = value[:, :, part]
-                        arrays[f"{name}_{stat}"][ds] = v if seq else v[:, 0]
+                if sel.size:
+                    leaves = {leaf: posterior[store_name(leaf)][:, r0:r1, a:b][:, sel] for leaf in LEAVES}
+                    moments = moments.merge(passes.run(leaves, [x[a:b] for x in data_arrays]))
+            std = moments.std()
+            for name, part in (("smooth", slice(0, T)), ("forecast", slice(T, T + horizon))):
+                for stat, value in (("mean", moments.mean), ("std", std)):
+                    v = value[:, :, part]
+                    arrays[f"{name}_{stat}"][a:b] = v if data.has_sequences else v[:, 0]
         _swap_in(tmp, store_path / GROUP, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -365,6 +337,53 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
             "draws_per_chain": int(len(keep)), "draws": int(len(keep) * chains), "horizon": horizon,
             "burn_in": burn_in, "thin": thin, "plots": [str(p) for p in written],
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+@dataclass
+class _Passes:
+    """Feeds one read block of draws through the compiled pass in fixed-shape pieces (padded)."""
+    fn: object
+    datasets: int   # datasets per pass
+    draws: int      # (chain, draw) samples per pass
+    dtype: type
+
+    def run(self, leaves: Mapping[str, np.ndarray], data: list[np.ndarray]) -> Moments:
+        """leaves: dotted leaf -> (C, k, n, ...) draws; data: emissions, inputs, future inputs (n, M, ...).
+
+        Returns the moments over all C * k draws, arrays (n, M, T + H, D)."""
+        leaves = {leaf: v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:]).astype(self.dtype)
+                  for leaf, v in leaves.items()}
+        K = leaves[LEAVES[0]].shape[0]
+        parts = []
+        for p0, p1 in _blocks(data[0].shape[0], self.datasets):
+            ys, us, fs = (_pad(x[p0:p1].astype(self.dtype), self.datasets) for x in data)
+            acc = Moments(0, None, None, None)
+            for k0, k1 in _blocks(K, self.draws):
+                block = {leaf: _pad(_pad(v[k0:k1, p0:p1], self.datasets, 1), self.draws)
+                         for leaf, v in leaves.items()}
+                weights = (np.arange(self.draws) < k1 - k0).astype(self.dtype)
+                res = jax.tree.map(np.asarray, self.fn(block, ys, us, fs, weights))
+                n = p1 - p0
+                acc = acc.merge(Moments(float(res.count), res.mean[:n], res.m2[:n], res.mean_var[:n]))
+            parts.append(acc)
+        return Moments(parts[0].count, *(np.concatenate([getattr(m, f) for m in parts])
+                                         for f in ("mean", "m2", "mean_var")))
+
+
+def _create_group(path: Path, N: int, M: int, T: int, D: int, horizon: int, chunk: int,
+                  has_sequences: bool, attrs: dict) -> dict:
+    """The (empty, NaN-filled) ``forecast`` group as a standalone zarr group at ``path``."""
+    out = zarr.open_group(str(path), mode="w", zarr_format=3)
+    out.attrs.update(attrs)
+    seq = ("sequence",) if has_sequences else ()
+    arrays = {}
+    for name, steps, dim in (("smooth", T, "time"), ("forecast", horizon, "horizon")):
+        shape = (N, M, steps, D) if has_sequences else (N, steps, D)
+        for stat in ("mean", "std"):
+            arrays[f"{name}_{stat}"] = out.create_array(
+                f"{name}_{stat}", shape=shape, chunks=(chunk,) + shape[1:], dtype="float64",
+                fill_value=np.nan, dimension_names=("dataset",) + seq + (dim, "emission"))
+    return arrays
 
 
 def _swap_in(new: Path, target: Path, run_dir: Path) -> None:

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 #: emission dimensions drawn in a forecast figure, and sequences of a dataset drawn.
 MAX_DIMS, MAX_SEQUENCES = 10, 4
@@ -104,6 +105,9 @@ def diagnostics_overview(path: Path, summary: dict) -> Path:
     axes[2].hist(div, bins=np.arange(0, max(1, div.max() if div.size else 0) + 2) - 0.5, color="C1")
     axes[2].set_xlabel("divergences (all chains)")
     axes[2].set_ylabel("datasets")
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{agg['passing']} of {agg['datasets']} datasets pass (R-hat < {agg['rhat_threshold']}, "
                  f"bulk ESS > {agg['ess_threshold']:.0f}); {agg['with_divergences']} with divergences; "
                  f"over {', '.join(summary['quantities'])}")

@@ -21,7 +21,7 @@ HORIZON = 6  # one compiled pass shape for most tests
 
 
 # --- references --------------------------------------------------------------------------------------
-def per_draw_moments(run_dir, horizon, burn_in=0, thin=1, dataset=None):
+def per_draw_moments(run_dir, horizon, burn_in=0, thin=1, dataset=None, draws=None):
     """Per-draw emission moments of every retained draw, all in memory: mean and variance
     (datasets, draws, M, T + horizon, D), with the data as the store holds them."""
     tree = sampler.open_run(run_dir)
@@ -36,7 +36,7 @@ def per_draw_moments(run_dir, horizon, burn_in=0, thin=1, dataset=None):
     for n in datasets:
         leaves = {}
         for leaf in LEAVES:
-            v = post[store_name(leaf)].values[:, burn_in::thin, n]  # (C, L, ...)
+            v = post[store_name(leaf)].values[:, burn_in:draws:thin, n]  # (C, L, ...)
             leaves[leaf] = jnp.asarray(v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:]))
         mean, var = one(fc.params_from_leaves(leaves), jnp.asarray(y[n]), jnp.zeros((M, T, 0)),
                         jnp.zeros((M, horizon, 0)))
@@ -93,6 +93,19 @@ def test_chunked_forecast_equals_in_memory_reference(seq_run, monkeypatch):
     assert out["draws_per_chain"] == len(range(5, 30, 3)) and out["draws"] == 2 * out["draws_per_chain"]
     got = as_combined(forecast_group(seq_run))
     want = total_variance(*per_draw_moments(seq_run, HORIZON, burn_in=5, thin=3))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_run_in_progress_uses_the_draws_stored_so_far(seq_run, tmp_path):
+    import shutil
+    run_dir = shutil.copytree(seq_run, tmp_path / "run")
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints" / "shard-00000").iterdir())
+    shutil.rmtree(run_dir / "checkpoints" / "shard-00000" / str(steps[-1]))  # as if mid-run
+    out = fc.forecast_run(run_dir, horizon=HORIZON, max_batch=2)  # pass shapes compiled above
+    assert out["draws_per_chain"] == steps[-2]
+    got = as_combined(forecast_group(run_dir))
+    want = total_variance(*per_draw_moments(run_dir, HORIZON, draws=steps[-2]))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
