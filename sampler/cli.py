@@ -93,6 +93,17 @@ def _submit(args) -> int:
     return 0
 
 
+def _backtest(args) -> int:
+    from sampler import backtest, config
+    overrides = list(args.set or [])
+    overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
+    cfg = config.load(args.config, overrides)
+    report = backtest.backtest(cfg, horizon=args.horizon, origins=args.origins,
+                               statsmodels=not args.no_statsmodels, workers=args.workers, address=args.address)
+    print(backtest.format_report(report))
+    return 0
+
+
 def _bench(args) -> int:
     from sampler import bench
     results = bench.run(quick=args.quick, batches=args.batches, datasets=args.datasets,
@@ -159,6 +170,16 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--wait", action="store_true", help="follow the job until it ends")
     j.add_argument("--set", action="append", metavar="KEY=VALUE")
     j.set_defaults(fn=_submit)
+    t = sub.add_parser("backtest", help="rolling-origin backtest with scored forecasts, beside statsmodels")
+    t.add_argument("config")
+    t.add_argument("--horizon", type=int, required=True)
+    t.add_argument("--origins", type=int, required=True, help="number of forecast origins (the last K)")
+    t.add_argument("--run-dir", required=True)
+    t.add_argument("--no-statsmodels", action="store_true", help="skip the statsmodels comparison")
+    t.add_argument("--workers", type=int)
+    t.add_argument("--address")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE")
+    t.set_defaults(fn=_backtest)
     b = sub.add_parser("bench", help="the performance benchmark on this machine")
     b.add_argument("--json", action="store_true")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
