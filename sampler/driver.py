@@ -60,12 +60,14 @@ class Progress:
 
 
 def _run_in_process(ctx: RunContext, progress: Progress) -> None:
+    """Every shard, one after the other, in this process."""
     for shard in ctx.shards:
-        counted = [0]  # run_shard reports the resumed draws first, then each block
+        done = 0
 
-        def on_draws(k: int, shard: Shard = shard) -> None:
-            counted[0] += k
-            progress.set_shard(shard.index, counted[0])
+        def on_draws(k: int) -> None:  # run_shard reports the draws it resumed from, then each block
+            nonlocal done
+            done += k
+            progress.set_shard(shard.index, done)
 
         runner.run_shard(ctx, shard, on_draws=on_draws)
 
@@ -87,14 +89,14 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
     runner.check_run_dir(run_dir)
     with runner.run_lock(run_dir):
         resumed = runner.prepare_run_dir(ctx)
-        bar = Progress(ctx, resumed, enabled=progress)
+        tracker = Progress(ctx, resumed, enabled=progress)
         try:
             if use_ray:
-                distributed.run_shards(ctx, max(workers, 1), bar)
+                distributed.run_shards(ctx, max(workers, 1), tracker)
             else:
-                _run_in_process(ctx, bar)
+                _run_in_process(ctx, tracker)
         finally:
-            bar.close()
+            tracker.close()
     return run_dir
 
 

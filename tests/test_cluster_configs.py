@@ -40,6 +40,7 @@ def test_launcher_config_is_valid_for_ray_and_has_gpu_workers():
     options = " ".join(cfg["docker"]["run_options"])
     assert "--entrypoint ''" in options  # the image's entrypoint is `sampler`; the launcher runs bash
     assert "-v /mnt/shared:/mnt/shared" in options
+    assert "-e SAMPLER_WORKER_GPUS=1" in options  # actors wait for GPU nodes the autoscaler starts
 
 
 @pytest.mark.parametrize("name", ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"])
@@ -60,6 +61,8 @@ def test_kuberay_manifests_have_gpu_workers_and_a_shared_volume(name):
     head = spec["headGroupSpec"]["template"]
     workers = spec["workerGroupSpecs"]
     assert workers
+    (driver_container,) = head["spec"]["containers"]  # the driver runs on the head
+    assert {"name": "SAMPLER_WORKER_GPUS", "value": "1"} in driver_container["env"]
     for pod in [head] + [w["template"] for w in workers]:
         assert image_of(pod) == launcher_image()
         (container,) = pod["spec"]["containers"]
