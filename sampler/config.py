@@ -37,7 +37,36 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
+    """Where the emissions come from (``sampler.data`` reads them).
+
+    ``path``: an ``.npz`` (arrays ``emissions``, ``inputs``, ``init_<leaf>``, ``true_<leaf>``); a
+    long-format table (``.csv``, ``.parquet``/``.pq``) with one row per (dataset, [sequence,] time);
+    or an xarray file (``.nc``/``.nc4``/``.h5``/``.cdf`` netCDF, or a ``.zarr`` store) with named dims.
+    The name keys below are table columns, or dims of the xarray file.
+    """
     path: str
+    #: column / dim naming the dataset (one posterior per distinct value).
+    dataset: str = "dataset"
+    #: optional column / dim naming the sequence within a dataset ("" = one sequence per dataset).
+    sequence: str = ""
+    #: column / dim of the time index (sorted; the union over datasets is the time axis).
+    time: str = "time"
+    #: table: the column naming the emission in a variable/value ("long-long") layout ("" = one
+    #: column per emission); xarray: the dim of the emission axis of a single data variable.
+    variable: str = ""
+    #: table with ``variable``: the column holding the values.
+    value: str = "value"
+    #: emission names in model order: table columns, values of ``variable``, or xarray data variables;
+    #: [] = every other column (variable value, data variable) in order of appearance.
+    emissions: list[str] = []
+    #: minimum observed time steps of every (dataset, sequence) that has any observation.
+    min_length: int = Field(1, ge=1)
+    #: centre and scale every dataset's emissions (per emission) before sampling; the centre and
+    #: scale are kept with the data and undone for forecasts (``sampler.data.to_data_scale``).
+    standardize: bool = False
+    #: the scale used by ``standardize``: "std" of the values, or "diff_std" of their first
+    #: differences (suits slowly moving, random-walk-like series).
+    scale_by: Literal["std", "diff_std"] = "std"
 
 
 class SamplerConfig(_Section):
