@@ -32,8 +32,7 @@ CALL_BYTES = 16 * 2 ** 20
 
 
 # --- arviz's rank-normalised split R-hat and bulk / tail ESS, vectorised over rows -------------------
-# Each function takes x of shape (K, chains, draws) and returns (K,), equal to arviz's
-# ``rhat(method="rank")``, ``ess(method="bulk")``, ``ess(method="tail")`` applied to every x[k] (tested).
+# x is (K, chains, draws): K independent scalars, each diagnosed as arviz diagnoses a (chain, draw) array.
 def _split_chains(x):
     """(K, C, N) -> (K, 2C, N // 2): first and last halves of every chain (the middle draw of an odd N
     is dropped)."""
