@@ -100,21 +100,28 @@ def test_study_report_and_resume(study):
 
 
 def test_prior_draws_match_dynamax_prior():
-    """simulate.prior_draw (the sampler's conjugate update with no data) against dynamax's own NIW/MNIW."""
+    """simulate.prior_draw (the sampler's conjugate update with no data) against independent draws of
+    dynamax's prior: scipy's inverse Wishart and the matrix normal's definition, dynamax's hyperparameters."""
     model = Model(1, 2)
     anchor = model.initial_params(jax.random.PRNGKey(0), {})
     n = 4000
     ours = jax.jit(jax.vmap(lambda k: simulate.prior_draw(k, model, anchor)))(
         jax.random.split(jax.random.PRNGKey(1), n))
     ssm = model.ssm
+    rng = np.random.default_rng(2)
 
-    @jax.jit
-    def reference(key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        return (ssm.initial_prior.sample(seed=k1, sample_shape=n), ssm.dynamics_prior.sample(seed=k2, sample_shape=n),
-                ssm.emission_prior.sample(seed=k3, sample_shape=n))
+    def mniw(loc, col_precision, df, scale):
+        """(Sigma, W): Sigma ~ IW(df, scale), W | Sigma ~ MN(loc, Sigma, col_precision^-1)."""
+        loc, V, k = np.asarray(loc), np.linalg.inv(np.asarray(col_precision)), len(loc)
+        Sigma = stats.invwishart(float(df), np.asarray(scale)).rvs(n, random_state=rng).reshape(n, k, k)
+        Z = rng.standard_normal((n, *loc.shape))  # MN(loc, A A^T, B B^T) = loc + A Z B^T
+        return Sigma, loc + np.linalg.cholesky(Sigma) @ Z @ np.linalg.cholesky(V).T
 
-    (S0, m0), (Q, Wd), (R, We) = reference(jax.random.PRNGKey(2))
+    ip, dp, ep = ssm.initial_prior, ssm.dynamics_prior, ssm.emission_prior
+    S0, m0 = mniw(ip.loc[:, None], [[ip.mean_concentration]], ip.df, ip.scale)  # NIW: MNIW with one column
+    m0 = m0[..., 0]
+    Q, Wd = mniw(dp.loc, dp.col_precision, dp.df, dp.scale)
+    R, We = mniw(ep.loc, ep.col_precision, ep.df, ep.scale)
     pairs = {
         "m0": (ours.initial.mean[:, 0], m0[:, 0]), "S0": (ours.initial.cov[:, 0, 0], S0[:, 0, 0]),
         "F": (ours.dynamics.weights[:, 0, 0], Wd[:, 0, 0]), "b": (ours.dynamics.bias[:, 0], Wd[:, 0, 1]),
@@ -131,7 +138,7 @@ def test_prior_draws_match_dynamax_prior():
     assert min(p.values()) > 0.001 / len(p), p
     # frozen leaves stay; the free ones are drawn from the prior given them
     frozen = Model(1, 2, frozen=("emissions.weights", "dynamics.cov"))
-    draw = simulate.prior_draw(jax.random.PRNGKey(3), frozen, anchor)
+    draw = jax.jit(lambda k: simulate.prior_draw(k, frozen, anchor))(jax.random.PRNGKey(3))
     np.testing.assert_array_equal(draw.emissions.weights, anchor.emissions.weights)
     np.testing.assert_array_equal(draw.dynamics.cov, anchor.dynamics.cov)
     assert not np.allclose(draw.emissions.cov, anchor.emissions.cov)
