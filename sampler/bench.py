@@ -11,6 +11,12 @@ Parts (each a function returning plain dicts, printed as a table or JSON):
 * ``io``    -- the cost of streaming to Zarr + orbax checkpoints: the same run with its draws
   discarded (null sink) against a real run dir, both with warm (already compiled) programs.
 * ``rss``   -- peak resident memory of ``sampler run`` (a subprocess) at 1,000 and 10,000 draws.
+* ``warmup`` -- on the seed dataset with several chains: NUTS with per-chain window adaptation
+  (``algorithm = "nuts"``) against blackjax's cross-chain schemes, ChEES (``chees_adaptation`` +
+  ``dynamic_hmc``) and MEADS (``meads_adaptation`` + ``ghmc``), and the blocked Gibbs kernel:
+  ESS of diag(R) per 1,000 gradient evaluations (counting what a vmapped run pays: per draw, the
+  longest trajectory among the chains) and per second, beside R-hat and the fraction of draws
+  that moved (an ESS from chains that never move is meaningless).
 
 Nothing here is a test: the numbers are measurements, printed with the device they ran on.
 """
@@ -29,7 +35,7 @@ from typing import Callable, Optional, TextIO
 
 import numpy as np
 
-PARTS = ("grad", "e2e", "io", "rss")
+PARTS = ("grad", "e2e", "io", "rss", "warmup")
 SEED_T, SEED_D, SEED_S = 100, 10, 2
 
 
@@ -116,6 +122,19 @@ def _min_bulk_ess(r_diag: np.ndarray) -> np.ndarray:
     return az.ess(xr.Dataset({"r": da}), method="bulk")["r"].min("emission").values
 
 
+def _max_rhat(r_diag: np.ndarray) -> float:
+    """r_diag: (chain, draw, D) -> max over D of the rank-normalised split R-hat."""
+    import arviz as az
+    return float(np.nanmax([az.rhat(r_diag[:, :, i], method="rank") for i in range(r_diag.shape[-1])]))
+
+
+def seed_dataset():
+    """The seed notebook's one dataset: (T, D) emissions sampled with key k3."""
+    import jax.random as jr
+    model, true_params = seed_params()
+    return model.sample(true_params, jr.split(jr.PRNGKey(0), 3)[2], SEED_T)[1]
+
+
 def seed_procedure(num_draws: int = 1000, warmup_steps: int = 10, num_integration_steps: int = 5) -> dict:
     """The seed notebook's ``fit_hmc`` on its one dataset, timed from scratch (incl. compilation)."""
     import blackjax
@@ -123,10 +142,8 @@ def seed_procedure(num_draws: int = 1000, warmup_steps: int = 10, num_integratio
     import jax.random as jr
     from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM
     from dynamax.parameters import from_unconstrained, log_det_jac_constrain, to_unconstrained
-    _, true_params = seed_params()
-    k3 = jr.split(jr.PRNGKey(0), 3)[2]
+    emissions = seed_dataset()
     model = LinearGaussianConjugateSSM(SEED_S, SEED_D)
-    emissions = model.sample(true_params, k3, SEED_T)[1]
     t0 = time.perf_counter()
     init_key, key = jr.split(jr.PRNGKey(42))
     params, props = model.initialize(init_key)
@@ -220,6 +237,83 @@ def null_sink_run(root: Path, num_datasets: int, **settings) -> dict:
     return {"sink": "null", "wall_s": time.perf_counter() - t0}
 
 
+# --- warmup schemes for many chains ------------------------------------------------------------------
+def warmup_comparison(num_chains: int = 8, num_warmup: int = 200, num_draws: int = 200,
+                      ghmc_factor: int = 10) -> list[dict]:
+    """ESS of diag(R) per gradient evaluation and per second for each warmup/kernel scheme on the
+    seed dataset.  MEADS's generalized HMC takes one leapfrog step per draw, so it runs
+    ``ghmc_factor`` times as many warmup steps and draws.  Wall times include compilation."""
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from sampler import kernels
+    from sampler.model import Model
+    model = Model(SEED_S, SEED_D, 0, (), "auto")
+    emissions = jnp.asarray(seed_dataset())[None]            # (M=1, T, D)
+    keys = jax.random.split(jax.random.PRNGKey(0), num_chains)
+    anchors = jax.vmap(lambda k: model.initial_params(k, {}))(keys)
+    positions = jax.vmap(model.to_position)(anchors)         # (chains, dim)
+    anchor = jax.tree.map(lambda x: x[0], anchors)           # nothing frozen: the anchor is unused
+    target = kernels.Target(model, anchor, emissions, None)
+    logdensity = target.logdensity_fn()
+    r_diag = jax.jit(jax.vmap(jax.vmap(lambda q: jnp.diag(model.to_params(q, anchor).emissions.cov))))
+
+    def per_chain(name):
+        kernel = kernels.build(name)
+
+        def chain(key, position):
+            kw, ks = jax.random.split(key)
+            state, tuning = kernel.warmup(kw, position, target, num_warmup)
+
+            def one(state, k):
+                state, stats = kernel.step(k, state, target, tuning)
+                return state, (state.position, stats.n_steps)
+            return jax.lax.scan(one, state, jax.random.split(ks, num_draws))[1]
+        pos, n = jax.jit(jax.vmap(chain))(jax.random.split(jax.random.PRNGKey(1), num_chains), positions)
+        return pos, n                                          # (chains, draws, dim), (chains, draws)
+
+    def cross_chain(adapt, make_kernel, draws):
+        kw, ks = jax.random.split(jax.random.PRNGKey(1))
+        (states, params), _ = adapt(kw)
+        step = make_kernel(params).step
+
+        def one(states, k):
+            states, info = jax.vmap(step)(jax.random.split(k, num_chains), states)
+            return states, (states.position, getattr(info, "num_integration_steps", jnp.ones(num_chains, jnp.int32)))
+        pos, n = jax.jit(lambda s: jax.lax.scan(one, s, jax.random.split(ks, draws))[1])(states)
+        return jnp.swapaxes(pos, 0, 1), jnp.swapaxes(n, 0, 1)
+
+    schemes = {
+        "nuts + per-chain window adaptation": lambda: per_chain("nuts"),
+        "chees + dynamic_hmc (cross-chain)": lambda: cross_chain(
+            lambda k: blackjax.chees_adaptation(logdensity, num_chains).run(
+                k, positions, 0.1, optax.adam(0.025), num_warmup),
+            lambda p: blackjax.dynamic_hmc(logdensity, **p), num_draws),
+        "meads + ghmc (cross-chain)": lambda: cross_chain(
+            lambda k: blackjax.meads_adaptation(logdensity, num_chains).run(k, positions, num_warmup * ghmc_factor),
+            lambda p: blackjax.ghmc(logdensity, **p), num_draws * ghmc_factor),
+        "gibbs (no gradients)": lambda: per_chain("gibbs"),
+    }
+    rows = []
+    for name, fn in schemes.items():
+        t0 = time.perf_counter()
+        pos, n = jax.block_until_ready(fn())
+        wall = time.perf_counter() - t0
+        r = np.asarray(r_diag(pos))                           # (chains, draws, D)
+        ess = float(_min_bulk_ess(r[:, :, None, :])[0])
+        moved = float(np.mean(np.any(np.diff(np.asarray(pos), axis=1) != 0, axis=-1)))
+        n = np.asarray(n)
+        gibbs = name.startswith("gibbs")
+        lockstep = float(n.max(axis=0).sum()) * num_chains    # what a vmapped batch pays
+        rows.append({"scheme": name, "draws": int(n.shape[1]), "chains": num_chains, "wall_s": wall,
+                     "grads_per_draw": float("nan") if gibbs else float(n.mean()),
+                     "lockstep_grads_per_draw": float("nan") if gibbs else lockstep / n.size,
+                     "moved": moved, "max_rhat": _max_rhat(r), "min_ess": ess, "ess_per_1k_grads": float("nan") if gibbs else 1000 * ess / lockstep,
+                     "ess_per_s": ess / wall})
+    return rows
+
+
 # --- d. memory ---------------------------------------------------------------------------------------
 _RSS_CHILD = """
 import json, resource, sys
@@ -251,7 +345,7 @@ def peak_rss(root: Path, draws=(1000, 10000), num_datasets: int = 1, num_chains:
 # --- driver ------------------------------------------------------------------------------------------
 def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optional[int] = None,
         include: Optional[str] = None, dtype: str = "float64", out: Optional[TextIO] = sys.stdout) -> dict:
-    """Run the selected parts (``include``: comma-separated of grad,e2e,io,rss; default all) and
+    """Run the selected parts (``include``: comma-separated of grad,e2e,io,rss,warmup; default all) and
     return {"device": ..., part: rows}.  With ``out``, a table is printed as each part finishes.
 
     The compilation cache is pointed at a fresh directory so that "including compilation" is true.
@@ -295,6 +389,13 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
         if "rss" in parts:
             results["rss"] = peak_rss(root / "rss", draws=(100, 1000) if quick else (1000, 10000))
             _print(out, _table(results["rss"], ("draws", "datasets", "chains", "max_rss_mb", "wall_s")))
+        if "warmup" in parts:
+            results["warmup"] = warmup_comparison(num_chains=8, num_warmup=50 if quick else 200,
+                                                  num_draws=50 if quick else 200)
+            _print(out, _table(results["warmup"], ("scheme", "draws", "wall_s", "grads_per_draw",
+                                                   "lockstep_grads_per_draw", "moved", "max_rhat", "min_ess",
+                                                   "ess_per_1k_grads",
+                                                   "ess_per_s")))
     return results
 
 
