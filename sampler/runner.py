@@ -140,6 +140,8 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                 what = "the data file's content" if key == "data.sha256" else key
                 raise UserError(f"{run_dir}: cannot resume: {what} changed (was {old.get(key)!r}, now "
                                 f"{fp.get(key)!r}); use a new --run-dir or restore the setting")
+        # the same results, but maybe a moved data file or other workers: later commands read this
+        _atomic_write(run_dir / "config.toml", config_mod.to_toml(ctx.cfg))
         return True
     check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
