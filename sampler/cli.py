@@ -57,7 +57,10 @@ def _summary(args) -> int:
 
 def _forecast(args) -> int:
     from sampler import forecast
-    plot = [int(i) for i in args.plot.split(",") if i.strip()] if args.plot else None
+    try:
+        plot = [int(i) for i in args.plot.split(",") if i.strip()] if args.plot else None
+    except ValueError:
+        raise UserError(f"--plot: expected comma-separated dataset indices, got {args.plot!r}") from None
     result = forecast.forecast_run(_require_run_dir(args.dir), horizon=args.horizon, burn_in=args.burn_in,
                                    thin=args.thin, plot=plot)
     print(json.dumps(result, indent=1))
@@ -138,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--horizon", type=int, default=50)
     f.add_argument("--burn-in", type=int, default=0, help="leading posterior draws to drop")
     f.add_argument("--thin", type=int, default=1, help="keep every K-th draw")
-    f.add_argument("--plot", help="datasets to plot, e.g. 0,3,7")
+    f.add_argument("--plot", help="datasets whose forecast and lp-trace figures to draw, e.g. 0,3,7 "
+                                  "(default: none; plots/diagnostics.png is always written)")
     f.set_defaults(fn=_forecast)
     g = sub.add_parser("simulate", help="draw datasets (and their true params) from the model")
     g.add_argument("config")

@@ -34,7 +34,7 @@ from dynamax.linear_gaussian_ssm import (ParamsLGSSM, ParamsLGSSMDynamics, Param
                                          ParamsLGSSMInitial)
 
 from sampler.errors import UserError
-from sampler.kalman import _cholesky, _solve_lower, kalman_filter
+from sampler.kalman import small_cholesky, small_solve_lower, kalman_filter
 from sampler.model import LEAVES, store_name
 
 GROUP = "forecast"
@@ -79,7 +79,7 @@ def rts_smoother(filtered_means, filtered_covs, params: ParamsLGSSM, inputs):
         m_next, P_next = carry
         m, P, u_next = xs
         m_pred, P_pred = _predict(m, P, params, u_next)
-        L_inv = _solve_lower(_cholesky(P_pred), eye)  # unrolled for small S: no LAPACK call per draw
+        L_inv = small_solve_lower(small_cholesky(P_pred), eye)  # unrolled for small S: no LAPACK call per draw
         G = P @ params.dynamics.weights.T @ (L_inv.T @ L_inv)  # P F^T P_pred^-1
         m_s = m + G @ (m_next - m_pred)
         P_s = P + G @ (P_next - P_pred) @ G.T

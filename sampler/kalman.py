@@ -33,7 +33,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _UNROLL_MAX_DIM = 4
 
 
-def _cholesky(A):
+def small_cholesky(A):
     """Lower Cholesky factor of SPD matrices ``A`` (..., n, n); unrolled when n is small.
 
     For n <= 4 this is straight-line elementwise code, which XLA fuses and vectorises across a vmapped
@@ -54,7 +54,7 @@ def _cholesky(A):
     return jnp.stack(rows, axis=-2)
 
 
-def _solve_lower(L, b):
+def small_solve_lower(L, b):
     """Solve ``L x = b`` for lower-triangular ``L`` (n, n) and ``b`` (n,) or (n, k)."""
     n = L.shape[-1]
     if n > _UNROLL_MAX_DIM:
@@ -135,13 +135,13 @@ def _information_filter(params, emissions, inputs, partial_missing):
     def step(carry, xs):
         ll, m, P = carry
         J_t, h_t, q_t, ld_t, n_t, u_next = xs
-        L = _cholesky(P)
-        C = _cholesky(eye + L.T @ J_t @ L)
+        L = small_cholesky(P)
+        C = small_cholesky(eye + L.T @ J_t @ L)
         g = h_t - J_t @ m
-        v = _solve_lower(C, L.T @ g)
+        v = small_solve_lower(C, L.T @ g)
         ll_t = -0.5 * (n_t * _LOG_2PI + ld_t + 2.0 * jnp.sum(jnp.log(jnp.diagonal(C)))
                        + q_t - 2.0 * m @ h_t + m @ J_t @ m - v @ v)
-        Wt = _solve_lower(C, L.T)  # W^T, with posterior covariance W W^T
+        Wt = small_solve_lower(C, L.T)  # W^T, with posterior covariance W W^T
         m_post = m + Wt.T @ v
         P_post = Wt.T @ Wt
         m_pred, P_pred = _predict(m_post, P_post, params, u_next)
