@@ -231,6 +231,8 @@ def predictive_samples(run_dir: Path, ctx, future_inputs: np.ndarray, seed: int)
 # --- statsmodels -------------------------------------------------------------------------------------------
 SM_UNIVARIATE = {"sm_local_level": "llevel", "sm_local_linear_trend": "lltrend"}
 SM_MULTIVARIATE = ("sm_dynamic_factor",)
+#: fits done in this process (a process pool costs more than it saves below this).
+SERIAL_TASKS = 64
 
 
 def _sm_fit_forecast(model: str, y: np.ndarray, horizon: int) -> tuple:
@@ -274,9 +276,11 @@ def statsmodels_forecasts(p: Plan, models: tuple[str, ...], workers: int) -> tup
     H = p.truth.shape[2]
     K = p.origins.shape[1]
     tasks = [(model, p.emissions[w, m], H) for model in models for w in range(W) for m in range(M)]
-    ctx = get_context("spawn")  # no fork of a process that may hold JAX or Ray threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        results = list(pool.map(_sm_task, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    if workers == 1 or len(tasks) <= SERIAL_TASKS:
+        results = [_sm_task(t) for t in tasks]
+    else:  # spawn: no fork of a process that may hold JAX or Ray threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_sm_task, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
     out, failures = {}, []
     it = iter(results)
     for model in models:
