@@ -140,8 +140,8 @@ def plan(ds: data_mod.Datasets, horizon: int, origins: int, min_length: int, whe
     for i in range(N):
         counts = np.array([[observed[i, m, :o + 1].sum() for m in range(M)] for o in org[i]])  # (K, M)
         if org[i, 0] < 0 or (counts.max(1) == 0).any() or ((counts > 0) & (counts < min_length)).any():
-            raise UserError(f"{where}: series {labels[i]!r}: too short for {origins} origins of horizon "
-                            f"{horizon} (last observation at {times[last[i]]!r}; each window needs "
+            raise UserError(f"{where}: series {_json_label(labels[i])!r}: too short for {origins} origins of "
+                            f"horizon {horizon} (last observation at {_json_label(times[last[i]])!r}; each window needs "
                             f"data.min_length = {min_length} observed steps)")
     L = int(org.max()) + 1
     W = N * origins
