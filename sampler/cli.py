@@ -72,7 +72,8 @@ def _simulate(args) -> int:
     cfg = config.load(args.config, list(args.set or []))
     result = simulate.simulate_file(cfg, Path(args.out), num_datasets=args.num_datasets, source=args.source,
                                     num_timesteps=args.num_timesteps, num_sequences=args.num_sequences,
-                                    missing_fraction=args.missing_fraction, seed=args.seed)
+                                    missing_fraction=args.missing_fraction, seed=args.seed,
+                                    max_abs_emission=args.max_abs_emission)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -83,7 +84,9 @@ def _calibrate(args) -> int:
     overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
     cfg = config.load(args.config, overrides)
     report = calibrate.calibrate(cfg, num_datasets=args.num_datasets, num_timesteps=args.num_timesteps,
-                                 thin=args.thin, seed=args.seed, workers=args.workers, address=args.address)
+                                 thin=args.thin, seed=args.seed, workers=args.workers, address=args.address,
+                                 include_rotation_dependent=args.include_rotation_dependent,
+                                 max_abs_emission=args.max_abs_emission)
     print(calibrate.format_report(report))
     return 0
 
@@ -153,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--num-sequences", type=int, default=None)
     g.add_argument("--missing-fraction", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-abs-emission", type=float, default=1e4,
+                   help="redraw a prior draw whose observed emissions exceed this in absolute value")
     g.add_argument("--set", action="append", metavar="KEY=VALUE")
     g.set_defaults(fn=_simulate)
     c = sub.add_parser("calibrate", help="simulation-based calibration: simulate, sample, rank, report")
@@ -162,6 +167,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--num-timesteps", type=int, default=100)
     c.add_argument("--thin", type=int, default=None, help="keep every K-th draw for ranks (default: ~100 kept)")
     c.add_argument("--seed", type=int, default=0, help="seed of the simulated datasets")
+    c.add_argument("--max-abs-emission", type=float, default=1e4,
+                   help="redraw a prior draw whose observed emissions exceed this in absolute value")
+    c.add_argument("--include-rotation-dependent", action="store_true",
+                   help="also put rotation-dependent quantities (F, H, Q, ... entries) in the verdict")
     c.add_argument("--workers", type=int)
     c.add_argument("--address")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -7,7 +7,7 @@ its conjugate conditional: (m0, S0) ~ NIW, ([F, B, b], Q) ~ MNIW, ([H, D, d], R)
 priors; (4) Metropolis moves along the directions the likelihood cannot see (a change of latent
 coordinates, ``latent_space_moves``), which the Gibbs blocks alone explore by a slow random walk.
 Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
-them (see ``_regression_block``): this is exact for any frozen subset, which dynamax's
+them (see ``regression_block``): this is exact for any frozen subset, which dynamax's
 ``fit_blocked_gibbs`` does not support.
 
 Hand-written rather than wrapping ``fit_blocked_gibbs`` because that runs a Python loop over draws,
@@ -86,7 +86,7 @@ def impute_missing(key, params: ParamsLGSSM, emissions, states, inputs=None):
     return jnp.where(observed, emissions, mean + noise + w @ R.T)
 
 
-def _regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool):
+def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool):
     """Draw the free part of (W, Sigma) from p(W, Sigma | Y, Z, frozen part), Y = Z W^T + N(0, Sigma).
 
     Args:
@@ -151,9 +151,9 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
     prior_of = model.ssm
 
     # initial state: NIW as a regression of x_1 on a constant
-    W0, S0 = _regression_block(
+    W0, S0 = regression_block(
         k_init, x[:, 0], jnp.ones((M, 1), emissions.dtype), params.initial.mean[:, None], params.initial.cov,
-        _NIWAsMNIW(prior_of.initial_prior), ["initial.mean" not in frozen], "initial.cov" not in frozen)
+        NIWAsMNIW(prior_of.initial_prior), ["initial.mean" not in frozen], "initial.cov" not in frozen)
 
     # dynamics: x_{t+1} = [F B b] [x_t; u_{t+1}; 1] + N(0, Q)
     Zd = jnp.concatenate([x[:, :-1], u[:, 1:], ones[:, 1:]], axis=-1).reshape(M * (T - 1), -1)
@@ -161,7 +161,7 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
                           params.dynamics.bias[:, None]], axis=1)
     free_d = ([("dynamics.weights" not in frozen)] * S + [("dynamics.input_weights" not in frozen)] * U
               + [("dynamics.bias" not in frozen)])
-    Wd, Q = _regression_block(k_dyn, x[:, 1:].reshape(M * (T - 1), S), Zd, Wd, params.dynamics.cov,
+    Wd, Q = regression_block(k_dyn, x[:, 1:].reshape(M * (T - 1), S), Zd, Wd, params.dynamics.cov,
                               prior_of.dynamics_prior, free_d, "dynamics.cov" not in frozen)
 
     # emissions: y_t = [H D d] [x_t; u_t; 1] + N(0, R), missing entries imputed above
@@ -171,7 +171,7 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
                           params.emissions.bias[:, None]], axis=1)
     free_e = ([("emissions.weights" not in frozen)] * S + [("emissions.input_weights" not in frozen)] * U
               + [("emissions.bias" not in frozen)])
-    We, R = _regression_block(k_em, Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
+    We, R = regression_block(k_em, Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
                               free_e, "emissions.cov" not in frozen)
 
     params = ParamsLGSSM(
@@ -244,7 +244,7 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
     return params
 
 
-class _NIWAsMNIW:
+class NIWAsMNIW:
     """dynamax's NIW(loc, mean_concentration, df, scale) seen as an MNIW with one column."""
 
     def __init__(self, niw):

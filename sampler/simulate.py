@@ -40,7 +40,7 @@ from sampler import data as data_mod
 from sampler import runner
 from sampler.config import Config
 from sampler.errors import UserError
-from sampler.gibbs import _NIWAsMNIW, _regression_block
+from sampler.gibbs import NIWAsMNIW, regression_block
 from sampler.model import LEAVES, RANDOM_DEFAULT, Model, get_leaf, set_leaf, store_name
 
 #: redraws per dataset before giving up (at the default bound ~50% of draws are kept for
@@ -74,10 +74,10 @@ def prior_draw(key, model: Model, anchor):
         cols = [c if c.ndim == 2 else c[:, None] for c in cols]  # biases become one column
         W = jnp.concatenate(cols, axis=1)
         free_cols = [leaf not in frozen for leaf, c in zip(leaves, cols) for _ in range(c.shape[1])]
-        return _regression_block(k, jnp.zeros((0, W.shape[0]), dtype), jnp.zeros((0, W.shape[1]), dtype), W,
+        return regression_block(k, jnp.zeros((0, W.shape[0]), dtype), jnp.zeros((0, W.shape[1]), dtype), W,
                                  get_leaf(anchor, cov_leaf), prior, free_cols, cov_leaf not in frozen)
 
-    m0, S0 = block(k_init, ["initial.mean"], "initial.cov", _NIWAsMNIW(ssm.initial_prior))
+    m0, S0 = block(k_init, ["initial.mean"], "initial.cov", NIWAsMNIW(ssm.initial_prior))
     Wd, Q = block(k_dyn, ["dynamics.weights", "dynamics.input_weights", "dynamics.bias"], "dynamics.cov",
                   ssm.dynamics_prior)
     We, R = block(k_em, ["emissions.weights", "emissions.input_weights", "emissions.bias"], "emissions.cov",
