@@ -213,7 +213,6 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
     c ~ N(0, SHIFT_SCALE^2), accepted with the prior ratio times the map's Jacobian
     |A|^(2S + 4 + U - D) (m0, S0, B, b, Q, H transform; F by similarity).  Only the rotation- and
     shift-dependent leaves change; R, D and the likelihood do not.  Used when none of them is frozen.
-    First, once per sweep, a random reflection of the latent axes (det A = -1 is out of expm's reach).
     """
     S, D, U = model.state_dim, model.emission_dim, model.input_dim
     ssm = model.ssm
@@ -235,11 +234,6 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
         current = accept(kb, current, _transform(current, jnp.eye(S, dtype=dtype), c), 0.0)
         return current, None
 
-    # a reflection x -> diag(s) x (s in {-1, 1}^S) jumps between the likelihood's mirror-image modes,
-    # which the continuous moves above (det A > 0) never cross; |det A| = 1, so no Jacobian term
-    kr, ks, key = jax.random.split(key, 3)
-    signs = jnp.where(jax.random.bernoulli(ks, 0.5, (S,)), 1.0, -1.0).astype(dtype)
-    params = accept(kr, params, _transform(params, jnp.diag(signs), jnp.zeros(S, dtype)), 0.0)
     params, _ = jax.lax.scan(one_round, params, jax.random.split(key, MOVE_ROUNDS))
     return params
 
