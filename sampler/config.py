@@ -223,6 +223,19 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
+def field_default(dotted_key: str) -> Any:
+    """The default of a dotted config key (``data.standardize`` -> False); a sentinel when it has none."""
+    section, _, field = dotted_key.partition(".")
+    sections = {"model": ModelConfig, "data": DataConfig, "sampler": SamplerConfig, "run": RunConfig}
+    info = sections[section].model_fields.get(field) if section in sections else None
+    if info is None or info.is_required():
+        return _NO_DEFAULT
+    return info.get_default(call_default_factory=True)
+
+
+_NO_DEFAULT = object()
+
+
 def result_fingerprint(cfg: Config) -> dict[str, Any]:
     """The settings that change the draws, flattened to dotted keys (compared on resume)."""
     dump = cfg.model_dump()

@@ -34,6 +34,7 @@ from dynamax.linear_gaussian_ssm import (ParamsLGSSM, ParamsLGSSMDynamics, Param
                                          ParamsLGSSMInitial)
 
 from sampler.errors import UserError
+from sampler.data import to_data_scale
 from sampler.kalman import small_cholesky, small_solve_lower, kalman_filter
 from sampler.model import LEAVES, store_name
 
@@ -326,6 +327,8 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
             for name, part in (("smooth", slice(0, T)), ("forecast", slice(T, T + horizon))):
                 for stat, value in (("mean", moments.mean), ("std", std)):
                     v = value[:, :, part]
+                    if data.scale is not None:  # [data] standardize: back to the data's own scale
+                        v = to_data_scale(v, data.center[a:b], data.scale[a:b], spread=stat == "std")
                     arrays[f"{name}_{stat}"][a:b] = v if data.has_sequences else v[:, 0]
         _swap_in(tmp, store_path / GROUP, run_dir)
     finally:

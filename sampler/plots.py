@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from sampler.data import to_data_scale  # noqa: E402
+
 #: emission dimensions drawn in a forecast figure, and sequences of a dataset drawn.
 MAX_DIMS, MAX_SEQUENCES = 10, 4
 
@@ -157,7 +159,9 @@ def plot_run(run_dir: Path, datasets: Sequence[int], ctx=None) -> list[Path]:
     seq = ctx.data.has_sequences
     done = min(p["draws_done"] for p in driver.shard_progress(run_dir))
     for i in datasets:
-        y = ctx.data.emissions[i]  # (M, T, D)
+        y = ctx.data.emissions[i]  # (M, T, D), standardised when [data] standardize is on
+        if ctx.data.scale is not None:
+            y = to_data_scale(y[None], ctx.data.center[i:i + 1], ctx.data.scale[i:i + 1])[0]
         parts = {k: fc[k][i] if seq else fc[k][i][None] for k in
                  ("smooth_mean", "smooth_std", "forecast_mean", "forecast_std")}
         for j in range(min(y.shape[0], MAX_SEQUENCES)):

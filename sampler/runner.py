@@ -136,6 +136,8 @@ def prepare_run_dir(ctx: RunContext) -> bool:
     if run_file.exists():
         old = json.loads(run_file.read_text())["fingerprint"]
         for key in sorted(set(old) | set(fp)):
+            if key not in old and fp[key] == config_mod.field_default(key):
+                continue  # a key added after this run dir was made, at its default: same results
             if old.get(key) != fp.get(key):
                 what = "the data file's content" if key == "data.sha256" else key
                 raise UserError(f"{run_dir}: cannot resume: {what} changed (was {old.get(key)!r}, now "
@@ -151,7 +153,7 @@ def prepare_run_dir(ctx: RunContext) -> bool:
     store.create(tmp_store, ctx.model, num_chains=cfg.sampler.num_chains, num_draws=cfg.sampler.num_draws,
                  num_datasets=data.num_datasets, draws_per_chunk=min(cfg.run.checkpoint_every, cfg.sampler.num_draws),
                  datasets_per_chunk=ctx.shard_size, emissions=data.emissions, inputs=data.inputs,
-                 has_sequences=data.has_sequences,
+                 has_sequences=data.has_sequences, center=data.center, scale=data.scale,
                  attrs={"sampler_algorithm": ctx.algorithm, "frozen": list(cfg.model.frozen),
                         "num_warmup": cfg.sampler.num_warmup, "seed": cfg.sampler.seed,
                         "dtype": cfg.sampler.dtype, "versions": _versions(),

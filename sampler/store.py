@@ -43,8 +43,9 @@ def _create(group, name, shape, chunks, dtype, dims):
 
 def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_datasets: int,
            draws_per_chunk: int, datasets_per_chunk: int, emissions: np.ndarray, inputs,
-           has_sequences: bool, attrs: Mapping) -> None:
-    """Create the empty store with observed data written.  emissions: (N, M, T, D)."""
+           has_sequences: bool, attrs: Mapping, center=None, scale=None) -> None:
+    """Create the empty store with observed data written.  emissions: (N, M, T, D); with
+    ``[data] standardize``, center and scale (N, D) go to ``observed_data`` beside the (scaled) data."""
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.attrs.update(dict(attrs))
     lead = (num_chains, num_draws, num_datasets)
@@ -67,6 +68,11 @@ def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_dat
         a = _create(observed, name, arr.shape, (datasets_per_chunk,) + arr.shape[1:], "float64",
                     ("dataset",) + seq_dims + ("time", last))
         a[...] = arr
+    for name, arr in (("emissions_center", center), ("emissions_scale", scale)):
+        if arr is not None:
+            a = _create(observed, name, arr.shape, (datasets_per_chunk, arr.shape[1]), "float64",
+                        ("dataset", "emission"))
+            a[...] = arr
     with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
         warnings.simplefilter("ignore", category=UserWarning)
         zarr.consolidate_metadata(str(path))

@@ -151,3 +151,26 @@ def test_standardisation_is_undone_exactly(tmp_path, panel, scale_by):
     np.testing.assert_allclose(data.to_data_scale(sd, ds.center, ds.scale, spread=True),
                                np.broadcast_to(scale[:, None], (3, 4, 2)), rtol=1e-15)
     assert data.to_data_scale(sd, None, None) is sd
+
+
+def test_standardised_run_forecasts_on_the_data_scale(tmp_path, panel):
+    """[data] standardize: the store records centre and scale, and `sampler forecast` undoes them."""
+    _, order, files = _files(tmp_path, panel)
+    cfg = write_config(tmp_path / "c.toml", "p.csv", emission_dim=2,
+                       sampler={"num_chains": 2, "num_warmup": 20, "num_draws": 20})
+    cfg.write_text(cfg.read_text().replace('path = "p.csv"',
+                                           'path = "p.csv"\ndataset = "country"\ntime = "year"\nstandardize = true'))
+    assert cli("run", cfg, cwd=tmp_path).returncode == 0
+    res = cli("forecast", tmp_path / "run", "--horizon", 3, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    tree = xr.open_datatree(tmp_path / "run" / "samples.zarr", engine="zarr")
+    obs = tree["observed_data"]
+    raw = data.to_data_scale(obs["emissions"].values[:, None], obs["emissions_center"].values,
+                             obs["emissions_scale"].values)[:, 0]
+    np.testing.assert_allclose(raw, panel[[LABELS.index(c) for c in order]], rtol=1e-12, atol=1e-12)
+    smooth = tree["forecast"]["smooth_mean"].values          # (dataset, time, emission), data scale
+    observed = np.isfinite(raw)
+    # the smoothed means follow the data (emission b sits near 50 with sd 10), not the unit scale
+    assert np.nanmax(np.abs(smooth - raw)[observed] / obs["emissions_scale"].values[:, None].repeat(
+        raw.shape[1], 1)[observed]) < 3.0
+    assert np.all(np.abs(smooth[..., 1].mean(axis=1) - 50.0) < 10.0)
