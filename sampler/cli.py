@@ -9,12 +9,18 @@ from pathlib import Path
 from sampler.errors import UserError
 
 
-def _run(args) -> int:
-    from sampler import config, driver
+def _config_with_run_dir(args):
+    """The config with ``--set`` overrides and, when given, ``--run-dir`` as ``run.dir``."""
+    from sampler import config
     overrides = list(args.set or [])
     if args.run_dir:
         overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
-    cfg = config.load(args.config, overrides)
+    return config.load(args.config, overrides)
+
+
+def _run(args) -> int:
+    from sampler import driver
+    cfg = _config_with_run_dir(args)
     run_dir = driver.execute(cfg, workers=args.workers, address=args.address)
     from sampler import diagnostics
     print(diagnostics.format_table(diagnostics.summarize(run_dir), limit=20))
@@ -79,10 +85,8 @@ def _simulate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from sampler import calibrate, config
-    overrides = list(args.set or [])
-    overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
-    cfg = config.load(args.config, overrides)
+    from sampler import calibrate
+    cfg = _config_with_run_dir(args)
     report = calibrate.calibrate(cfg, num_datasets=args.num_datasets, num_timesteps=args.num_timesteps,
                                  thin=args.thin, seed=args.seed, workers=args.workers, address=args.address,
                                  include_rotation_dependent=args.include_rotation_dependent,
@@ -100,10 +104,8 @@ def _submit(args) -> int:
 
 
 def _backtest(args) -> int:
-    from sampler import backtest, config
-    overrides = list(args.set or [])
-    overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
-    cfg = config.load(args.config, overrides)
+    from sampler import backtest
+    cfg = _config_with_run_dir(args)
     report = backtest.backtest(cfg, horizon=args.horizon, origins=args.origins,
                                statsmodels=not args.no_statsmodels, workers=args.workers, address=args.address)
     print(backtest.format_report(report))
