@@ -59,6 +59,7 @@ def test_plan_windows_are_right_aligned_with_their_truth():
         backtest.plan(ds, horizon=2, origins=4, min_length=2, where="x")
 
 
+@pytest.mark.slow  # keeps the default run well under 15 minutes on 2 cores
 def test_small_backtest_with_statsmodels_end_to_end(tmp_path):
     rng = np.random.default_rng(3)
     rows = []

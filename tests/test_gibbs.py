@@ -24,6 +24,7 @@ def mean_and_se(draws):
     return draws.mean((0, 1)), draws.std((0, 1)) / np.sqrt(ess)
 
 
+@pytest.mark.slow  # keeps the default run well under 15 minutes on 2 cores
 def test_gibbs_agrees_with_nuts_on_identified_quantities(tmp_path):
     np.savez(tmp_path / "d.npz", **simulate(1, state_dim=1, emission_dim=3, T=50, seed=5))
     out = {}
