@@ -38,6 +38,7 @@ from scipy import stats
 from sampler import data as data_mod
 from sampler.config import Config, DataConfig
 from sampler.errors import UserError
+from sampler.files import atomic_write
 from sampler.model import LEAVES, Model, store_name
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -302,12 +303,6 @@ def _json_label(x):
     return x.item() if isinstance(x, np.generic) else (x if isinstance(x, (int, float)) else str(x))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def backtest(cfg: Config, *, horizon: int, origins: int, statsmodels: bool = True,
              workers: Optional[int] = None, address: Optional[str] = None) -> dict:
     """Rolling-origin backtest of ``cfg``'s data into ``cfg.run.dir`` (module docstring).
@@ -369,7 +364,7 @@ def backtest(cfg: Config, *, horizon: int, origins: int, statsmodels: bool = Tru
     seconds["total"] = round(time.perf_counter() - start, 1)
     report["seconds"] = seconds
     report["machine"] = f"{os.cpu_count()} CPU cores"
-    _atomic_write(out_dir / REPORT, json.dumps(report, indent=1))
+    atomic_write(out_dir / REPORT, json.dumps(report, indent=1))
     return report
 
 

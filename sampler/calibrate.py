@@ -59,6 +59,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sampler import driver, runner, simulate  # noqa: E402
 from sampler.config import Config  # noqa: E402
 from sampler.errors import UserError  # noqa: E402
+from sampler.files import atomic_write  # noqa: E402
 from sampler.model import LEAVES, Model, set_leaf, store_name  # noqa: E402
 
 SIMULATED = "simulated.npz"
@@ -288,7 +289,7 @@ def _prepare(cfg: Config, blob: bytes) -> None:
                             f"(--num-datasets, --num-timesteps, --seed or the model changed, or not a "
                             f"calibration run dir); use a new --run-dir")
         if not sim.exists() or sim.read_bytes() != blob:
-            simulate.write_bytes(sim, blob)
+            atomic_write(sim, blob)
         return
     # A new run dir must be empty when the run is created, so the data file is staged outside it and
     # moved in once run.json exists; the saved config names its final place.
@@ -300,7 +301,7 @@ def _prepare(cfg: Config, blob: bytes) -> None:
         ctx.cfg.data.path = str(sim)
         with runner.run_lock(run_dir):
             runner.prepare_run_dir(ctx)
-            simulate.write_bytes(sim, blob)
+            atomic_write(sim, blob)
 
 
 def _posterior(run_dir: Path, thin: Optional[int]) -> tuple[dict[str, np.ndarray], dict]:
@@ -353,7 +354,7 @@ def calibrate(cfg: Config, *, num_datasets: int, num_timesteps: int = 100, thin:
     driver.execute(cfg, workers=workers, address=address, progress=progress)
     report = analyse(cfg, arrays, thin=thin, include_rotation_dependent=include_rotation_dependent)
     report["simulation"] = sim_info
-    _write_json(run_dir / REPORT, report)
+    atomic_write(run_dir / REPORT, json.dumps(report, indent=1))
     return report
 
 
@@ -421,12 +422,6 @@ def _is_variance(name: str) -> bool:
 
 def _finite(x) -> Optional[float]:
     return float(x) if np.isfinite(x) else None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 # --- figures ---------------------------------------------------------------------------------------------

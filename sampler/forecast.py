@@ -35,7 +35,7 @@ from dynamax.linear_gaussian_ssm import (ParamsLGSSM, ParamsLGSSMDynamics, Param
 
 from sampler.errors import UserError
 from sampler.data import to_data_scale
-from sampler.kalman import small_cholesky, small_solve_lower, kalman_filter
+from sampler.kalman import kalman_filter, predict, small_cholesky, small_solve_lower
 from sampler.model import LEAVES, store_name
 
 GROUP = "forecast"
@@ -57,13 +57,6 @@ def params_from_leaves(values: Mapping[str, jax.Array]) -> ParamsLGSSM:
                                        input_weights=v["emissions.input_weights"], cov=v["emissions.cov"]))
 
 
-def _predict(mean, cov, params: ParamsLGSSM, u_next):
-    """One transition: (S,), (S, S), input (U,) of the next step -> predicted (S,), (S, S)."""
-    F, b, B, Q = (params.dynamics.weights, params.dynamics.bias, params.dynamics.input_weights,
-                  params.dynamics.cov)
-    return F @ mean + B @ u_next + b, F @ cov @ F.T + Q
-
-
 def rts_smoother(filtered_means, filtered_covs, params: ParamsLGSSM, inputs):
     """Rauch-Tung-Striebel backward pass (dynamax's ``lgssm_smoother`` conventions).
 
@@ -79,7 +72,7 @@ def rts_smoother(filtered_means, filtered_covs, params: ParamsLGSSM, inputs):
     def step(carry, xs):
         m_next, P_next = carry
         m, P, u_next = xs
-        m_pred, P_pred = _predict(m, P, params, u_next)
+        m_pred, P_pred = predict(m, P, params, u_next)
         L_inv = small_solve_lower(small_cholesky(P_pred), eye)  # unrolled for small S: no LAPACK call per draw
         G = P @ params.dynamics.weights.T @ (L_inv.T @ L_inv)  # P F^T P_pred^-1
         m_s = m + G @ (m_next - m_pred)
@@ -104,7 +97,7 @@ def forecast_states(mean, cov, params: ParamsLGSSM, future_inputs):
         means (H, S) and covariances (H, S, S).
     """
     def step(carry, u):
-        m, P = _predict(*carry, params, u)
+        m, P = predict(*carry, params, u)
         return (m, P), (m, P)
 
     _, out = jax.lax.scan(step, (mean, cov), future_inputs)

@@ -120,7 +120,8 @@ def _info_terms(params: ParamsLGSSM, emissions, inputs, partial_missing: bool):
     return J, h, q, logdet, n_obs
 
 
-def _predict(mean, cov, params: ParamsLGSSM, u_next):
+def predict(mean, cov, params: ParamsLGSSM, u_next):
+    """One transition: (S,), (S, S), input (U,) of the next step -> predicted (S,), (S, S)."""
     F, b, B, Q = (params.dynamics.weights, params.dynamics.bias,
                   params.dynamics.input_weights, params.dynamics.cov)
     return F @ mean + B @ u_next + b, F @ cov @ F.T + Q
@@ -144,7 +145,7 @@ def _information_filter(params, emissions, inputs, partial_missing):
         Wt = small_solve_lower(C, L.T)  # W^T, with posterior covariance W W^T
         m_post = m + Wt.T @ v
         P_post = Wt.T @ Wt
-        m_pred, P_pred = _predict(m_post, P_post, params, u_next)
+        m_pred, P_pred = predict(m_post, P_post, params, u_next)
         return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), (m_post, P_post)
 
     carry0 = (jnp.zeros((), J.dtype), params.initial.mean, params.initial.cov)
@@ -173,7 +174,7 @@ def _covariance_filter(params, emissions, inputs):
         ll_t = -0.5 * (jnp.sum(m_t) * _LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_S))) + v @ v)
         m_post = m + G.T @ v
         P_post = 0.5 * (P - G.T @ G + (P - G.T @ G).T)
-        m_pred, P_pred = _predict(m_post, P_post, params, u_next)
+        m_pred, P_pred = predict(m_post, P_post, params, u_next)
         return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), (m_post, P_post)
 
     carry0 = (jnp.zeros((), H.dtype), params.initial.mean, params.initial.cov)

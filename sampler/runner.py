@@ -20,6 +20,7 @@ import numpy as np
 from sampler import config as config_mod
 from sampler.config import Config
 from sampler.errors import UserError
+from sampler.files import atomic_write
 
 RUN_FILE = "run.json"
 STORE = "samples.zarr"
@@ -117,12 +118,6 @@ def _fingerprint(ctx: RunContext) -> dict:
     return fp
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def prepare_run_dir(ctx: RunContext) -> bool:
     """Create the run dir (config, store), or check that an existing one may be resumed.
 
@@ -143,7 +138,7 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                 raise UserError(f"{run_dir}: cannot resume: {what} changed (was {old.get(key)!r}, now "
                                 f"{fp.get(key)!r}); use a new --run-dir or restore the setting")
         # the same results, but maybe a moved data file or other workers: later commands read this
-        _atomic_write(run_dir / "config.toml", config_mod.to_toml(ctx.cfg))
+        atomic_write(run_dir / "config.toml", config_mod.to_toml(ctx.cfg))
         return True
     check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,10 +154,10 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                         "dtype": cfg.sampler.dtype, "versions": _versions(),
                         "config": config_mod.to_toml(cfg)})
     os.replace(tmp_store, ctx.store_path)
-    _atomic_write(run_dir / "config.toml", config_mod.to_toml(cfg))
+    atomic_write(run_dir / "config.toml", config_mod.to_toml(cfg))
     (run_dir / "plots").mkdir(exist_ok=True)
     # run.json last: its presence marks a complete, resumable run dir
-    _atomic_write(run_file, json.dumps({"fingerprint": fp, "num_datasets": data.num_datasets,
+    atomic_write(run_file, json.dumps({"fingerprint": fp, "num_datasets": data.num_datasets,
                                          "shards": [s.__dict__ for s in ctx.shards],
                                          "algorithm": ctx.algorithm}, indent=1))
     return False

@@ -26,7 +26,6 @@ whole file is a deterministic function of its settings (byte for byte: see ``wri
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from functools import lru_cache, partial
 from pathlib import Path
@@ -40,6 +39,7 @@ from sampler import data as data_mod
 from sampler import runner
 from sampler.config import Config
 from sampler.errors import UserError
+from sampler.files import atomic_write
 from sampler.gibbs import NIWAsMNIW, regression_block
 from sampler.model import LEAVES, RANDOM_DEFAULT, Model, get_leaf, set_leaf, store_name
 
@@ -287,14 +287,6 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def write_bytes(path: Path, blob: bytes) -> None:
-    """Write a file atomically (temporary file beside it, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-
-
 def simulate_file(cfg: Config, out: Path, *, num_datasets: int, source: str = "prior", num_timesteps: int = 100,
                   num_sequences: Optional[int] = None, missing_fraction: float = 0.0, seed: int = 0,
                   max_abs_emission: float = DEFAULT_MAX_ABS_EMISSION) -> dict:
@@ -308,5 +300,5 @@ def simulate_file(cfg: Config, out: Path, *, num_datasets: int, source: str = "p
     arrays, info = simulate_arrays(cfg, num_datasets=num_datasets, source=source, num_timesteps=num_timesteps,
                                    num_sequences=num_sequences, missing_fraction=missing_fraction, seed=seed,
                                    max_abs_emission=max_abs_emission)
-    write_bytes(out, npz_bytes(arrays))
+    atomic_write(out, npz_bytes(arrays))
     return {"out": str(out.resolve()), **info}
