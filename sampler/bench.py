@@ -225,7 +225,7 @@ def null_sink_run(root: Path, num_datasets: int, **settings) -> dict:
     for shard in ctx.shards:
         batch, _ = runner._shard_batch(ctx, shard)
         keys = engine.chain_keys(s.seed, batch.dataset, batch.chain)
-        chains = engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.initial_step_size)(
+        chains = engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.initial_step_size, s.num_chains)(
             keys, batch.emissions, batch.inputs, batch.init_values)
         done = 0
         while done < s.num_draws:
@@ -266,10 +266,11 @@ def warmup_comparison(num_chains: int = 8, num_warmup: int = 200, num_draws: int
             kw, ks = jax.random.split(key)
             state, tuning = kernel.warmup(kw, position, target, num_warmup)
 
-            def one(state, k):
-                state, stats = kernel.step(k, state, target, tuning)
+            def one(state, xs):
+                k, i = xs
+                state, stats = kernel.step(k, state, target, tuning, i)
                 return state, (state.position, stats.n_steps)
-            return jax.lax.scan(one, state, jax.random.split(ks, num_draws))[1]
+            return jax.lax.scan(one, state, (jax.random.split(ks, num_draws), jnp.arange(num_draws)))[1]
         pos, n = jax.jit(jax.vmap(chain))(jax.random.split(jax.random.PRNGKey(1), num_chains), positions)
         return pos, n                                          # (chains, draws, dim), (chains, draws)
 

@@ -60,19 +60,42 @@ def chain_keys(seed: int, dataset, chain):
     return jax.vmap(lambda d, c: jax.random.fold_in(jax.random.fold_in(base, d), c))(dataset, chain)
 
 
-# --- per-chain functions (vmapped below) ------------------------------------------------------------
-def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
-              key, emissions, inputs, init_values):
+# --- per-chain and per-dataset functions (vmapped below) ---------------------------------------------
+def _initial_position(model: Model, key, emissions, init_values):
     anchor = model.initial_params(jax.random.fold_in(key, _INIT), init_values)
     anchor = jax.tree.map(lambda x: x.astype(emissions.dtype), anchor)
-    position = model.to_position(anchor)
+    return anchor, model.to_position(anchor)
+
+
+def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
+              key, emissions, inputs, init_values):
+    """One chain: initial values, then its own warmup."""
+    anchor, position = _initial_position(model, key, emissions, init_values)
     target = kernels.Target(model, anchor, emissions, inputs)
     if num_warmup > 0:
         state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, target, num_warmup)
     else:
-        state = kernels.init_state(position, target)
-        tuning = Tuning(jnp.asarray(initial_step_size, position.dtype), jnp.ones_like(position))
+        state, tuning = kernels.init_state(position, target), kernels.untuned(position, initial_step_size)
     return Chains(state, tuning, anchor)
+
+
+def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
+                  keys, emissions, inputs, init_values):
+    """The C chains of one dataset (leading axis C on every argument), adapted together.
+
+    The warmup's randomness comes from chain 0's key; the target uses chain 0's anchor, whose frozen
+    leaves are the dataset's (the only part of the anchor the log density reads).
+    """
+    anchors, positions = jax.vmap(partial(_initial_position, model))(keys, emissions, init_values)
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    target = kernels.Target(model, first(anchors), emissions[0], None if inputs is None else inputs[0])
+    if num_warmup > 0:
+        states, tuning = kernel.warmup(jax.random.fold_in(keys[0], _WARMUP), positions, target, num_warmup)
+    else:
+        states = jax.vmap(kernels.init_state, in_axes=(0, None))(positions, target)
+        tuning = kernels.untuned(positions[0], initial_step_size)
+    tuning = jax.tree.map(lambda x: jnp.broadcast_to(x, (keys.shape[0],) + x.shape), tuning)
+    return Chains(states, tuning, anchors)
 
 
 def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
@@ -81,7 +104,8 @@ def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
     draw_key = jax.random.fold_in(key, _DRAW)
 
     def one_draw(state, i):
-        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, target, chains.tuning)
+        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, target, chains.tuning,
+                                   start + i)
         params = model.to_params(state.position, chains.anchor)
         lp = state.logdensity - model.log_det_jacobian(state.position)
         return state, Draws(params, lp, stats, chains.tuning.step_size)
@@ -107,10 +131,22 @@ def _split_over_devices(fn, num_batched: int, num_replicated: int):
 
 
 @lru_cache(maxsize=None)
-def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float):
-    """Compiled ``(keys, emissions, inputs, init_values) -> Chains``: initial values + warmup."""
-    one = partial(_init_one, model, kernel, num_warmup, initial_step_size)
-    return _split_over_devices(jax.vmap(one), 4, 0)
+def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
+                 num_chains: int):
+    """Compiled ``(keys, emissions, inputs, init_values) -> Chains``: initial values + warmup.
+
+    A cross-chain kernel adapts each dataset's ``num_chains`` consecutive rows together, so every
+    device's part of B must hold whole datasets (``pad_to_devices(..., group=num_chains)``).
+    """
+    if not kernel.cross_chain:
+        return _split_over_devices(jax.vmap(partial(_init_one, model, kernel, num_warmup, initial_step_size)), 4, 0)
+    per_dataset = jax.vmap(partial(_init_dataset, model, kernel, num_warmup, initial_step_size))
+
+    def grouped(*args):
+        by_dataset = lambda x: x.reshape((x.shape[0] // num_chains, num_chains) + x.shape[1:])
+        by_chain = lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+        return jax.tree.map(by_chain, per_dataset(*jax.tree.map(by_dataset, args)))
+    return _split_over_devices(grouped, 4, 0)
 
 
 @lru_cache(maxsize=None)
@@ -123,11 +159,13 @@ def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int):
     return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None)), 4, 1)
 
 
-def pad_to_devices(tree, batch: int):
-    """Pad the leading axis of every leaf from ``batch`` to a multiple of the local device count by
-    repeating the last element (padded chains are real computations whose results are discarded)."""
-    n = jax.local_device_count()
+def pad_to_devices(tree, batch: int, group: int = 1):
+    """Pad the leading axis of every leaf from ``batch`` (a multiple of ``group``) to a multiple of
+    ``group`` x the local device count by repeating the last ``group`` rows (a whole dataset's chains;
+    padded chains are real computations whose results are discarded)."""
+    n = jax.local_device_count() * group
     padded = -(-batch // n) * n
     if padded == batch:
         return tree
-    return jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], padded - batch, axis=0)]), tree)
+    reps = (padded - batch) // group
+    return jax.tree.map(lambda x: np.concatenate([x] + [x[-group:]] * reps), tree)

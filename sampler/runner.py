@@ -205,7 +205,7 @@ def _shard_batch(ctx: RunContext, shard: Shard):
         emissions=ctx.data.emissions[idx].astype(dtype),
         inputs=None if ctx.data.inputs is None else ctx.data.inputs[idx].astype(dtype),
         init_values={k: v[idx].astype(dtype) for k, v in ctx.data.init_values.items()})
-    return engine.pad_to_devices(batch, len(idx)), n * C
+    return engine.pad_to_devices(batch, len(idx), group=C), n * C
 
 
 def _to_store_layout(x: np.ndarray, n: int, C: int) -> np.ndarray:
@@ -244,7 +244,7 @@ def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], 
     keys = engine.chain_keys(cfg.seed, batch.dataset, batch.chain)
     ckpt = ShardCheckpoints(shard_dir(ctx.run_dir, shard.index), ctx.cfg.run.keep_checkpoints)
     try:
-        init = engine.init_program(ctx.model, ctx.kernel, cfg.num_warmup, cfg.initial_step_size)
+        init = engine.init_program(ctx.model, ctx.kernel, cfg.num_warmup, cfg.initial_step_size, cfg.num_chains)
         template = jax.eval_shape(init, keys, batch.emissions, batch.inputs, batch.init_values)
         template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
         restored = ckpt.restore_latest(template)

@@ -25,18 +25,20 @@ def mean_and_se(draws):
 
 
 @pytest.mark.slow  # keeps the default run well under 15 minutes on 2 cores
-def test_gibbs_agrees_with_nuts_on_identified_quantities(tmp_path):
+def test_gibbs_agrees_with_nuts_and_chees_on_identified_quantities(tmp_path):
     np.savez(tmp_path / "d.npz", **simulate(1, state_dim=1, emission_dim=3, T=50, seed=5))
     out = {}
-    for algorithm, warmup, draws in (("gibbs", 300, 1500), ("nuts", 100, 250)):
+    for algorithm, warmup, draws in (("gibbs", 300, 1500), ("nuts", 100, 250), ("chees", 300, 1000)):
         cfg = write_config(tmp_path / f"{algorithm}.toml", "d.npz", state_dim=1, emission_dim=3,
                            sampler={"algorithm": algorithm, "num_chains": 4, "num_warmup": warmup,
                                     "num_draws": draws},
                            run={"dir": algorithm, "checkpoint_every": draws})
         out[algorithm] = mean_and_se(diag_R(sampler.run(cfg, progress=False)))
-    (mg, sg), (mn, sn) = out["gibbs"], out["nuts"]
-    z = (mg - mn) / np.sqrt(sg ** 2 + sn ** 2)
-    assert np.all(np.abs(z) < 4), z
+    mg, sg = out["gibbs"]
+    for other in ("nuts", "chees"):
+        mo, so = out[other]
+        z = (mg - mo) / np.sqrt(sg ** 2 + so ** 2)
+        assert np.all(np.abs(z) < 4), (other, z)
 
 
 def test_latent_space_moves_leave_the_likelihood_unchanged():
