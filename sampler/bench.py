@@ -17,6 +17,8 @@ Parts (each a function returning plain dicts, printed as a table or JSON):
   ESS of diag(R) per 1,000 gradient evaluations (counting what a vmapped run pays: per draw, the
   longest trajectory among the chains) and per second, beside R-hat and the fraction of draws
   that moved (an ESS from chains that never move is meaningless).
+* ``ess``   -- the headline: wall time until every dataset has bulk-ESS >= 400 on diag(R), for each
+  kernel, the seed's procedure and dynamax's ``fit_blocked_gibbs`` (``sampler.bench_ess``).
 
 Nothing here is a test: the numbers are measurements, printed with the device they ran on.
 """
@@ -35,7 +37,7 @@ from typing import Callable, Optional, TextIO
 
 import numpy as np
 
-PARTS = ("grad", "e2e", "io", "rss", "warmup")
+PARTS = ("grad", "e2e", "io", "rss", "warmup", "ess")
 SEED_T, SEED_D, SEED_S = 100, 10, 2
 
 
@@ -135,16 +137,19 @@ def seed_dataset():
     return model.sample(true_params, jr.split(jr.PRNGKey(0), 3)[2], SEED_T)[1]
 
 
-def seed_procedure(num_draws: int = 1000, warmup_steps: int = 10, num_integration_steps: int = 5) -> dict:
-    """The seed notebook's ``fit_hmc`` on its one dataset, timed from scratch (incl. compilation)."""
+def seed_hmc_chain():
+    """The seed notebook's ``fit_hmc`` up to its sampling loop, on its one dataset: dynamax's
+    ``marginal_log_prob``, window adaptation with 10 steps, HMC with 5 integration steps.
+
+    Returns (step, state, key): ``step(state, key) -> (state, diag(R) of the state it left)`` jitted,
+    to be called in a Python loop with ``key`` split once per draw, as the seed does.
+    """
     import blackjax
     import jax
     import jax.random as jr
-    from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM
     from dynamax.parameters import from_unconstrained, log_det_jac_constrain, to_unconstrained
     emissions = seed_dataset()
-    model = LinearGaussianConjugateSSM(SEED_S, SEED_D)
-    t0 = time.perf_counter()
+    model, _ = seed_params()
     init_key, key = jr.split(jr.PRNGKey(42))
     params, props = model.initialize(init_key)
 
@@ -152,16 +157,24 @@ def seed_procedure(num_draws: int = 1000, warmup_steps: int = 10, num_integratio
         p = from_unconstrained(unc, props)
         return model.log_prior(p) + model.marginal_log_prob(p, emissions) + log_det_jac_constrain(p, props)
 
-    warmup = blackjax.window_adaptation(blackjax.hmc, logprob, num_integration_steps=num_integration_steps)
+    warmup = blackjax.window_adaptation(blackjax.hmc, logprob, num_integration_steps=5)
     init_key, key = jr.split(key)
-    (state, hmc_params), _ = warmup.run(init_key, to_unconstrained(params, props), num_steps=warmup_steps)
+    (state, hmc_params), _ = warmup.run(init_key, to_unconstrained(params, props), num_steps=10)
     kernel = blackjax.hmc(logprob, **hmc_params).step
 
     @jax.jit
     def step(state, step_key):
         new_state, _ = kernel(step_key, state)
         return new_state, jax.numpy.diag(from_unconstrained(state.position, props).emissions.cov)
+    return step, state, key
 
+
+def seed_procedure(num_draws: int = 1000) -> dict:
+    """The seed notebook's ``fit_hmc`` on its one dataset, timed from scratch (incl. compilation)."""
+    import jax
+    import jax.random as jr
+    t0 = time.perf_counter()
+    step, state, key = seed_hmc_chain()
     r_diag = []
     for _ in range(num_draws):
         step_key, key = jr.split(key)
@@ -397,6 +410,14 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
                                                    "lockstep_grads_per_draw", "moved", "max_rhat", "min_ess",
                                                    "ess_per_1k_grads",
                                                    "ess_per_s")))
+        if "ess" in parts:
+            from sampler import bench_ess
+            counts = bench_ess.default_datasets(quick, jax.default_backend(), datasets)
+            results["ess"] = bench_ess.time_to_ess(
+                root / "ess", datasets=counts, dtype=dtype, max_draws=500 if quick else 8000,
+                num_warmup=100 if quick else bench_ess.BURN_IN, seed_max_draws=2000 if quick else 20000,
+                target=100.0 if quick else bench_ess.TARGET_ESS)
+            _print(out, _table(results["ess"], bench_ess.COLUMNS))
     return results
 
 

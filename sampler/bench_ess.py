@@ -1,0 +1,167 @@
+"""``sampler bench --only ess``: wall time until every dataset reaches a bulk-ESS target on diag(R).
+
+The headline comparison of sampling efficiency.  For each procedure the clock runs from a cold
+compilation cache through warmup and sampling until every dataset's minimum bulk-ESS over the
+diagonal of R (the emission covariance, identified; F and H are not) reaches ``target`` (400), checking
+after every block of draws; the time spent computing the ESS itself is not counted.  Reported per
+procedure: the wall time, the time scaled to 256 datasets, and dataset-ESS per second (the sum over
+datasets of that minimum ESS, divided by the wall time).
+
+* ``sampler`` kernels (``gibbs``, ``chees``, ``nuts``): the engine (the compiled programs of
+  ``sampler run``, draws fetched to the host, no store) on N datasets x 4 chains with the default
+  warmup (500).  On a CPU the gradient-based kernels run on fewer datasets and are scaled linearly.
+* the seed notebook's ``fit_hmc`` (10 warmup steps, HMC with 5 leapfrog steps, a Python loop over a
+  jitted step) on the seed's dataset, one chain, blocks of 1,000 draws;
+* dynamax's ``fit_blocked_gibbs`` on the seed's dataset, one chain, the first 500 draws discarded:
+  it returns only after all its draws (and compiles on every call), so it is called with 1,500
+  draws, then twice as many, until one call reaches the target; that call's wall time counts.
+
+The seed's and dynamax's procedures are per dataset, so their 256-dataset figure is 256 x their time.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from sampler import bench
+
+TARGET_ESS = 400.0
+BURN_IN = 500
+
+
+def _min_ess_per_dataset(r_diag: np.ndarray) -> np.ndarray:
+    """r_diag: (chain, draw, dataset, D) -> (dataset,) min over D of the bulk ESS (vectorised)."""
+    from sampler.diagnostics import rank_diagnostics
+    C, N, K, D = r_diag.shape
+    x = np.moveaxis(r_diag, (2, 3), (0, 1)).reshape(K * D, C, N)
+    return np.nanmin(rank_diagnostics(x)[1].reshape(K, D), axis=1)
+
+
+def _row(procedure: str, datasets: int, chains: int, draws: int, wall: float, ess: np.ndarray,
+         target: float, scale_to: int, **extra) -> dict:
+    return {"procedure": procedure, "datasets": datasets, "chains": chains, "draws": draws,
+            "wall_s": wall, "reached": bool(np.all(ess >= target)),
+            "datasets_at_target": int(np.sum(ess >= target)), "min_ess": float(np.min(ess)),
+            "dataset_ess": float(np.sum(ess)), "dataset_ess_per_s": float(np.sum(ess)) / wall,
+            f"wall_s_for_{scale_to}": wall * scale_to / datasets, **extra}
+
+
+def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_chains: int = 4,
+                       num_warmup: int = BURN_IN, block: int = 250, max_draws: int = 8000,
+                       target: float = TARGET_ESS, dtype: str = "float64", scale_to: int = 256) -> dict:
+    """``sampler``'s engine on ``num_datasets`` seed-model datasets until all reach ``target``."""
+    import jax
+    from sampler import engine, runner
+    data = bench._write_data(root / f"data-{num_datasets}", num_datasets)
+    cfg = bench._config(root / algorithm, data, num_datasets, num_chains=num_chains, num_warmup=num_warmup,
+                        num_draws=max_draws, shard_size=num_datasets, checkpoint_every=block,
+                        algorithm=algorithm, dtype=dtype)
+    ctx = runner.RunContext(cfg, root / algorithm / "null")
+    (shard,) = ctx.shards
+    s = cfg.sampler
+    t0 = time.perf_counter()
+    batch, n = runner._shard_batch(ctx, shard)
+    keys = engine.chain_keys(s.seed, batch.dataset, batch.chain)
+    chains = engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.initial_step_size, num_chains)(
+        keys, batch.emissions, batch.inputs, batch.init_values)
+    program = engine.sample_program(ctx.model, ctx.kernel, block)
+    blocks, steps, paused, done = [], [], 0.0, 0
+    while done < max_draws:
+        chains, draws = program(keys, chains, batch.emissions, batch.inputs, np.int32(done))
+        R = np.asarray(draws.params.emissions.cov)[:n]                   # (B, block, D, D)
+        steps.append(np.asarray(draws.stats.n_steps)[:n])
+        done += block
+        t_check = time.perf_counter()
+        blocks.append(runner._to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
+        ess = _min_ess_per_dataset(np.concatenate(blocks, axis=1))
+        paused += time.perf_counter() - t_check
+        if np.all(ess >= target):
+            break
+    wall = time.perf_counter() - t0 - paused
+    steps = np.concatenate(steps, axis=1).reshape(num_datasets * num_chains, -1)   # (chains, draws)
+    gradient_based = algorithm != "gibbs"
+    return _row(f"sampler {algorithm}", num_datasets, num_chains, done, wall, ess, target, scale_to,
+                grads_per_draw=float(steps.mean()) if gradient_based else float("nan"),
+                lockstep_grads_per_draw=float(steps.max(axis=0).mean()) if gradient_based else float("nan"))
+
+
+def seed_time_to_ess(*, block: int = 1000, max_draws: int = 20000, target: float = TARGET_ESS,
+                     scale_to: int = 256) -> dict:
+    """The seed's ``fit_hmc`` procedure, continued in blocks of draws until ``target``."""
+    import jax
+    import jax.numpy as jnp
+    t0 = time.perf_counter()
+    step, state, key = bench.seed_hmc_chain()
+    r, paused = [], 0.0
+    while len(r) < max_draws:
+        for _ in range(block):
+            step_key, key = jax.random.split(key)
+            state, r_t = step(state, step_key)
+            r.append(r_t)
+        t_check = time.perf_counter()
+        ess = _min_ess_per_dataset(np.asarray(jnp.stack(r))[None, :, None, :])
+        paused += time.perf_counter() - t_check
+        if np.all(ess >= target):
+            break
+    wall = time.perf_counter() - t0 - paused
+    return _row("seed fit_hmc (HMC, 10 warmup steps)", 1, 1, len(r), wall, ess, target, scale_to)
+
+
+def dynamax_gibbs_time_to_ess(*, first: int = BURN_IN + 1000, max_draws: int = 24000,
+                              target: float = TARGET_ESS, scale_to: int = 256) -> dict:
+    """dynamax's ``fit_blocked_gibbs`` on the seed dataset with 1,500, 3,000, ... draws."""
+    import jax
+    import jax.random as jr
+    model, _ = bench.seed_params()
+    emissions = bench.seed_dataset()
+    params, _ = model.initialize(jr.PRNGKey(42))
+    size = first
+    while True:
+        t0 = time.perf_counter()
+        with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):  # its progress bar
+            samples = model.fit_blocked_gibbs(jr.PRNGKey(0), params, size, emissions)
+        R = np.asarray(jax.block_until_ready(samples.emissions.cov))[BURN_IN:]
+        wall = time.perf_counter() - t0
+        ess = _min_ess_per_dataset(np.diagonal(R, axis1=-2, axis2=-1)[None, :, None, :])
+        if np.all(ess >= target) or 2 * size > max_draws:
+            return _row("dynamax fit_blocked_gibbs (1 chain)", 1, 1, size - BURN_IN, wall, ess, target, scale_to)
+        size *= 2
+
+
+def time_to_ess(root: Path, *, datasets: dict[str, int], dtype: str = "float64",
+                include_seed: bool = True, include_dynamax: bool = True, max_draws: int = 8000,
+                num_warmup: int = BURN_IN, seed_max_draws: int = 20000,
+                target: float = TARGET_ESS) -> list[dict]:
+    """Rows for each ``sampler`` kernel in ``datasets`` (algorithm -> number of datasets), then the
+    seed's procedure and dynamax's Gibbs, each with ``best_sampler_ratio``: the best kernel's
+    dataset-ESS/s divided by its own."""
+    rows = [engine_time_to_ess(root, algorithm, n, dtype=dtype, max_draws=max_draws, num_warmup=num_warmup,
+                               target=target)
+            for algorithm, n in datasets.items()]
+    references = []
+    if include_seed:
+        references.append(seed_time_to_ess(target=target, max_draws=seed_max_draws))
+    if include_dynamax:
+        references.append(dynamax_gibbs_time_to_ess(target=target))
+    best = max(rows, key=lambda r: r["dataset_ess_per_s"])
+    for ref in references:
+        ref["best_sampler_ratio"] = best["dataset_ess_per_s"] / ref["dataset_ess_per_s"]
+    return rows + references
+
+
+COLUMNS = ("procedure", "datasets", "draws", "wall_s", "reached", "datasets_at_target", "min_ess", "dataset_ess_per_s",
+           "wall_s_for_256", "grads_per_draw", "lockstep_grads_per_draw", "best_sampler_ratio")
+
+
+def default_datasets(quick: bool, backend: str, datasets: Optional[int] = None) -> dict[str, int]:
+    """How many datasets each kernel runs: all of them for Gibbs (and everywhere on an accelerator);
+    on a CPU, fewer for the gradient-based kernels, whose 256-dataset runs take hours there."""
+    n = datasets or (8 if quick else 256)
+    if backend != "cpu":
+        return {"gibbs": n, "chees": n, "nuts": n}
+    return {"gibbs": n, "chees": min(n, 2 if quick else 8), "nuts": min(n, 1)}
