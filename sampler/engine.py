@@ -92,7 +92,7 @@ def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, initial
     if num_warmup > 0:
         states, tuning = kernel.warmup(jax.random.fold_in(keys[0], _WARMUP), positions, target, num_warmup)
     else:
-        states = jax.vmap(kernels.init_state, in_axes=(0, None))(positions, target)
+        states = jax.vmap(lambda q: kernels.init_state(q, target))(positions)
         tuning = kernels.untuned(positions[0], initial_step_size)
     tuning = jax.tree.map(lambda x: jnp.broadcast_to(x, (keys.shape[0],) + x.shape), tuning)
     return Chains(states, tuning, anchors)

@@ -33,8 +33,8 @@ def _sym(A):
 
 
 def _mvn(key, mean, cov):
-    L = jnp.linalg.cholesky(_sym(cov) + 1e-12 * jnp.eye(cov.shape[-1], dtype=cov.dtype))
-    return mean + L @ jax.random.normal(key, mean.shape, mean.dtype)
+    L = kalman.small_cholesky(_sym(cov) + 1e-12 * jnp.eye(cov.shape[-1], dtype=cov.dtype))
+    return mean + kalman.small_matmul(L, jax.random.normal(key, mean.shape, mean.dtype))
 
 
 def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
@@ -54,13 +54,17 @@ def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None
     keys = jax.random.split(key, T)
     x_last = _mvn(keys[-1], means[-1], covs[-1])
 
+    mm = kalman.small_matmul
+
     def back(x_next, xs):
+        # x_t | x_{t+1} ~ N(m + G r, P - G P_pred G^T), G = P F^T P_pred^-1, r = x_{t+1} - F m - B u - b;
+        # with P_pred = Lp Lp^T and W = Lp^-1 F P: G r = W^T Lp^-1 r and G P_pred G^T = W^T W.
         m, P, u_next, k = xs
-        P_pred = _sym(F @ P @ F.T + Q)
-        G = jnp.linalg.solve(P_pred, F @ P).T  # P F^T P_pred^-1
-        mean = m + G @ (x_next - F @ m - B @ u_next - b)
-        cov = P - G @ P_pred @ G.T
-        x = _mvn(k, mean, cov)
+        FP = mm(F, P)
+        Lp = kalman.small_cholesky(_sym(mm(FP, F.T) + Q))
+        W = kalman.small_solve_lower(Lp, FP)
+        z = kalman.small_solve_lower(Lp, x_next - mm(F, m) - B @ u_next - b)
+        x = _mvn(k, m + mm(W.T, z), P - mm(W.T, W))
         return x, x
 
     _, xs = jax.lax.scan(back, x_last, (means[:-1], covs[:-1], u[1:], keys[:-1]), reverse=True)
@@ -219,8 +223,13 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
     logdet_power = 2 * S + 4 + U - D
     dtype = params.emissions.cov.dtype
 
+    chol_R = jnp.linalg.cholesky(params.emissions.cov)  # R never moves: its prior term cancels
+
+    def log_prior(p):
+        return priors.log_prior_given_emission_cov(ssm, p, chol_R)
+
     def accept(key, current, proposal, log_jac):
-        log_ratio = priors.log_prior(ssm, proposal) - priors.log_prior(ssm, current) + log_jac
+        log_ratio = log_prior(proposal) - log_prior(current) + log_jac
         ok = jnp.log(jax.random.uniform(key, (), dtype)) < log_ratio
         ok = ok & jnp.isfinite(log_ratio)
         return jax.tree.map(lambda new, old: jnp.where(ok, new, old), proposal, current)

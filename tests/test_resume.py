@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import zarr
 
+import sampler
+
 from tests.conftest import cli, simulate, write_config
 
 ARRAYS = [("posterior", "emissions_cov"), ("posterior", "dynamics_weights"), ("posterior", "initial_mean"),
@@ -113,6 +115,7 @@ def test_draws_independent_of_shards(problem):
     assert res.returncode == 2 and "run.shard_size" in res.stderr
 
 
+@pytest.mark.slow  # the default run covers several devices with ChEES below
 def test_draws_independent_of_device_count(problem):
     """Same random streams and same math on 1 or 4 devices.  Not bitwise: XLA compiles the shard_map'd
     per-device program with other fusion/vectorisation choices than the single-device one, which moves
@@ -124,6 +127,7 @@ def test_draws_independent_of_device_count(problem):
     assert_same_draws(root / "reference", root / "four_devices", rtol=1e-8)
 
 
+@pytest.mark.slow  # the default run covers Ray workers in test_distributed.py
 def test_ray_workers_equal_in_process(problem):
     """workers = 2 (an embedded local Ray, one actor per worker, shards from a queue) writes the same
     draws as the in-process run: each actor runs the same compiled shard program on one device."""
@@ -145,8 +149,8 @@ def test_chees_groups_whole_datasets_and_resumes_exactly(tmp_path):
     cfg = write_config(tmp_path / "c.toml", "d.npz",
                        sampler={"algorithm": "chees", "num_draws": 30, "num_warmup": 20},
                        run={"checkpoint_every": 10, "shard_size": 2})
-    reference = tmp_path / "reference"
-    assert cli("run", cfg, "--run-dir", reference, cwd=tmp_path).returncode == 0
+    reference = sampler.run(cfg, run__dir=str(tmp_path / "reference"), progress=False)  # in-process: the
+    # resume below reuses its compiled programs
     res = cli("run", cfg, "--run-dir", tmp_path / "devices", "--set", "run.shard_size=3", cwd=tmp_path,
               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert res.returncode == 0, res.stderr
@@ -162,6 +166,5 @@ def test_chees_groups_whole_datasets_and_resumes_exactly(tmp_path):
     for group, name in ARRAYS:
         array = root[group][name]
         array[:, 10:, 0:2] = np.nan
-    res = cli("run", cfg, "--run-dir", resumed, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    sampler.run(cfg, run__dir=str(resumed), progress=False)
     assert_same_draws(reference, resumed)
