@@ -70,6 +70,7 @@ class DataConfig(_Section):
 
 
 class SamplerConfig(_Section):
+    #: "auto" (= Gibbs), "gibbs", "chees" (cross-chain ChEES-tuned jittered HMC), "nuts", "hmc".
     algorithm: Literal["auto", "gibbs", "nuts", "hmc", "chees"] = "auto"
     num_chains: int = Field(4, ge=1)
     num_warmup: int = Field(500, ge=0)  # adaptation (NUTS, HMC) or burn-in (Gibbs) draws

@@ -119,8 +119,9 @@ CHEES_LEARNING_RATE = 0.025
 
 def chees_num_steps(draw, tuning: Tuning):
     """Leapfrog steps of draw ``draw``: ``ceil(u * trajectory_length / step_size)`` with ``u`` the
-    base-2 Halton (van der Corput) point number ``draw + 1`` (0.5, 0.25, 0.75, ...), the same for every chain and dataset (so
-    vmapped chains wait only for datasets with longer trajectories, never for a chain's bad luck),
+    base-2 Halton (van der Corput) point number ``draw + 1`` (0.5, 0.25, 0.75, ...), the same for
+    every chain and dataset (so vmapped chains wait only for datasets with longer trajectories, never
+    for a chain's bad luck),
     clipped to [1, CHEES_MAX_LEAPFROG_STEPS] (an untuned chain, num_warmup = 0, takes one step).
     Deterministic in the draw index, so resume is exact."""
     u = blackjax.mcmc.dynamic_hmc.halton_sequence(jnp.asarray(draw, jnp.int32), 30)
