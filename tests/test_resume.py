@@ -115,7 +115,7 @@ def test_draws_independent_of_shards(problem):
     assert res.returncode == 2 and "run.shard_size" in res.stderr
 
 
-@pytest.mark.slow  # the default run covers several devices with ChEES below
+@pytest.mark.slow
 def test_draws_independent_of_device_count(problem):
     """Same random streams and same math on 1 or 4 devices.  Not bitwise: XLA compiles the shard_map'd
     per-device program with other fusion/vectorisation choices than the single-device one, which moves
@@ -139,32 +139,41 @@ def test_ray_workers_equal_in_process(problem):
     assert all(r["draws_done"] == 150 and r["failures"] == 0 for r in status)
 
 
-def test_chees_groups_whole_datasets_and_resumes_exactly(tmp_path):
-    """ChEES adapts each dataset's chains together: its draws must not depend on how datasets are
-    split into shards or over devices (3 datasets on 4 devices pads a whole dataset), and a shard
-    resumed from an earlier checkpoint rewrites exactly the draws it lost.  Across device counts the
-    last-bit differences of the compiled programs (see above) grow along leapfrog trajectories
-    (measured: 1.2e-7 relative after 30 draws), hence the looser tolerance there."""
-    np.savez(tmp_path / "d.npz", **simulate(3, T=30))
-    cfg = write_config(tmp_path / "c.toml", "d.npz",
+@pytest.fixture(scope="module")
+def chees_reference(tmp_path_factory):
+    """A ChEES run (3 datasets, 2 per shard), in-process."""
+    root = tmp_path_factory.mktemp("chees")
+    np.savez(root / "d.npz", **simulate(3, T=30))
+    cfg = write_config(root / "c.toml", "d.npz",
                        sampler={"algorithm": "chees", "num_draws": 30, "num_warmup": 20},
                        run={"checkpoint_every": 10, "shard_size": 2})
-    reference = sampler.run(cfg, run__dir=str(tmp_path / "reference"), progress=False)  # in-process: the
-    # resume below reuses its compiled programs
-    res = cli("run", cfg, "--run-dir", tmp_path / "devices", "--set", "run.shard_size=3", cwd=tmp_path,
-              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-    assert res.returncode == 0, res.stderr
-    assert_same_draws(reference, tmp_path / "devices", rtol=1e-5)
+    return root, cfg, sampler.run(cfg, run__dir=str(root / "reference"), progress=False)
 
-    # lose shard 0's draws after 10: its later checkpoints and its stored values
-    resumed = tmp_path / "resumed"
+
+def test_chees_resumes_exactly(chees_reference):
+    """A shard resumed from an earlier checkpoint rewrites exactly the draws it lost (in-process, so
+    the resume reuses the reference's compiled programs)."""
+    root, cfg, reference = chees_reference
+    resumed = root / "resumed"
     subprocess.run(["cp", "-r", str(reference), str(resumed)], check=True)
     for step in (resumed / "checkpoints" / "shard-00000").iterdir():
         if step.name.isdigit() and int(step.name) > 10:
             subprocess.run(["rm", "-r", str(step)], check=True)
-    root = zarr.open_group(str(resumed / "samples.zarr"), mode="r+")
+    store = zarr.open_group(str(resumed / "samples.zarr"), mode="r+")
     for group, name in ARRAYS:
-        array = root[group][name]
-        array[:, 10:, 0:2] = np.nan
+        store[group][name][:, 10:, 0:2] = np.nan
     sampler.run(cfg, run__dir=str(resumed), progress=False)
     assert_same_draws(reference, resumed)
+
+
+@pytest.mark.slow
+def test_chees_groups_whole_datasets_over_devices(chees_reference):
+    """ChEES adapts each dataset's chains together: its draws must not depend on how datasets are
+    split into shards or over devices (3 datasets on 4 devices pads a whole dataset).  Across device
+    counts the last-bit differences of the compiled programs (see above) grow along leapfrog
+    trajectories (measured: 1.2e-7 relative after 30 draws), hence the tolerance."""
+    root, cfg, reference = chees_reference
+    res = cli("run", cfg, "--run-dir", root / "devices", "--set", "run.shard_size=3", cwd=root,
+              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert res.returncode == 0, res.stderr
+    assert_same_draws(reference, root / "devices", rtol=1e-5)
