@@ -55,7 +55,6 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
                        num_warmup: int = BURN_IN, block: int = 250, max_draws: int = 8000,
                        target: float = TARGET_ESS, dtype: str = "float64", scale_to: int = 256) -> dict:
     """``sampler``'s engine on ``num_datasets`` seed-model datasets until all reach ``target``."""
-    import jax
     from sampler import engine, runner
     data = bench._write_data(root / f"data-{num_datasets}", num_datasets)
     cfg = bench._config(root / algorithm, data, num_datasets, num_chains=num_chains, num_warmup=num_warmup,
