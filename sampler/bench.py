@@ -12,8 +12,8 @@ Parts (each a function returning plain dicts, printed as a table or JSON):
   discarded (null sink) against a real run dir, both with warm (already compiled) programs.
 * ``rss``   -- peak resident memory of ``sampler run`` (a subprocess) at 1,000 and 10,000 draws.
 * ``warmup`` -- on the seed dataset with several chains: NUTS with per-chain window adaptation
-  (``algorithm = "nuts"``) against blackjax's cross-chain schemes, ChEES (``chees_adaptation`` +
-  ``dynamic_hmc``) and MEADS (``meads_adaptation`` + ``ghmc``), and the blocked Gibbs kernel:
+  (``algorithm = "nuts"``) against the cross-chain schemes, ChEES (``algorithm = "chees"``, blackjax's
+  ``chees_adaptation``) and MEADS (``meads_adaptation`` + ``ghmc``), and the blocked Gibbs kernel:
   ESS of diag(R) per 1,000 gradient evaluations (counting what a vmapped run pays: per draw, the
   longest trajectory among the chains) and per second, beside R-hat and the fraction of draws
   that moved (an ESS from chains that never move is meaningless).
@@ -121,11 +121,12 @@ def grad_throughput(batches=(1, 64, 1024, 8192), num_timesteps: int = SEED_T,
 
 # --- b. end to end -----------------------------------------------------------------------------------
 def _min_bulk_ess(r_diag: np.ndarray) -> np.ndarray:
-    """r_diag: (chain, draw, dataset, D) -> (dataset,) minimum over D of the bulk ESS."""
-    import arviz as az
-    import xarray as xr
-    da = xr.DataArray(r_diag, dims=("chain", "draw", "dataset", "emission"))
-    return az.ess(xr.Dataset({"r": da}), method="bulk")["r"].min("emission").values
+    """r_diag: (chain, draw, dataset, D) -> (dataset,) minimum over D of the bulk ESS
+    (``sampler.diagnostics.rank_diagnostics``, arviz's algorithm vectorised)."""
+    from sampler.diagnostics import rank_diagnostics
+    C, N, K, D = r_diag.shape
+    x = np.moveaxis(r_diag, (2, 3), (0, 1)).reshape(K * D, C, N)
+    return np.nanmin(rank_diagnostics(x)[1].reshape(K, D), axis=1)
 
 
 def _max_rhat(r_diag: np.ndarray) -> float:
@@ -263,7 +264,6 @@ def warmup_comparison(num_chains: int = 8, num_warmup: int = 200, num_draws: int
     import blackjax
     import jax
     import jax.numpy as jnp
-    import optax
     from sampler import kernels
     from sampler.model import Model
     model = Model(SEED_S, SEED_D, 0, (), "auto")
@@ -291,6 +291,22 @@ def warmup_comparison(num_chains: int = 8, num_warmup: int = 200, num_draws: int
         pos, n = jax.jit(jax.vmap(chain))(jax.random.split(jax.random.PRNGKey(1), num_chains), positions)
         return pos, n                                          # (chains, draws, dim), (chains, draws)
 
+    def grouped(name):
+        kernel = kernels.build(name)                           # a cross-chain kernel of the engine
+        kw, ks = jax.random.split(jax.random.PRNGKey(1))
+
+        def run(positions):
+            states, tuning = kernel.warmup(kw, positions, target, num_warmup)
+
+            def one(states, xs):
+                k, i = xs
+                states, stats = jax.vmap(lambda kk, st: kernel.step(kk, st, target, tuning, i))(
+                    jax.random.split(k, num_chains), states)
+                return states, (states.position, stats.n_steps)
+            return jax.lax.scan(one, states, (jax.random.split(ks, num_draws), jnp.arange(num_draws)))[1]
+        pos, n = jax.jit(run)(positions)
+        return jnp.swapaxes(pos, 0, 1), jnp.swapaxes(n, 0, 1)
+
     def cross_chain(adapt, make_kernel, draws):
         kw, ks = jax.random.split(jax.random.PRNGKey(1))
         (states, params), _ = adapt(kw)
@@ -304,10 +320,7 @@ def warmup_comparison(num_chains: int = 8, num_warmup: int = 200, num_draws: int
 
     schemes = {
         "nuts + per-chain window adaptation": lambda: per_chain("nuts"),
-        "chees + dynamic_hmc (cross-chain)": lambda: cross_chain(
-            lambda k: blackjax.chees_adaptation(logdensity, num_chains).run(
-                k, positions, 0.1, optax.adam(0.025), num_warmup),
-            lambda p: blackjax.dynamic_hmc(logdensity, **p), num_draws),
+        "chees (algorithm = chees, cross-chain)": lambda: grouped("chees"),
         "meads + ghmc (cross-chain)": lambda: cross_chain(
             lambda k: blackjax.meads_adaptation(logdensity, num_chains).run(k, positions, num_warmup * ghmc_factor),
             lambda p: blackjax.ghmc(logdensity, **p), num_draws * ghmc_factor),

@@ -34,14 +34,6 @@ TARGET_ESS = 400.0
 BURN_IN = 500
 
 
-def _min_ess_per_dataset(r_diag: np.ndarray) -> np.ndarray:
-    """r_diag: (chain, draw, dataset, D) -> (dataset,) min over D of the bulk ESS (vectorised)."""
-    from sampler.diagnostics import rank_diagnostics
-    C, N, K, D = r_diag.shape
-    x = np.moveaxis(r_diag, (2, 3), (0, 1)).reshape(K * D, C, N)
-    return np.nanmin(rank_diagnostics(x)[1].reshape(K, D), axis=1)
-
-
 def _row(procedure: str, datasets: int, chains: int, draws: int, wall: float, ess: np.ndarray,
          target: float, scale_to: int, **extra) -> dict:
     return {"procedure": procedure, "datasets": datasets, "chains": chains, "draws": draws,
@@ -77,7 +69,7 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
         done += block
         t_check = time.perf_counter()
         blocks.append(runner._to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
-        ess = _min_ess_per_dataset(np.concatenate(blocks, axis=1))
+        ess = bench._min_bulk_ess(np.concatenate(blocks, axis=1))
         paused += time.perf_counter() - t_check
         if np.all(ess >= target):
             break
@@ -103,7 +95,7 @@ def seed_time_to_ess(*, block: int = 1000, max_draws: int = 20000, target: float
             state, r_t = step(state, step_key)
             r.append(r_t)
         t_check = time.perf_counter()
-        ess = _min_ess_per_dataset(np.asarray(jnp.stack(r))[None, :, None, :])
+        ess = bench._min_bulk_ess(np.asarray(jnp.stack(r))[None, :, None, :])
         paused += time.perf_counter() - t_check
         if np.all(ess >= target):
             break
@@ -126,7 +118,7 @@ def dynamax_gibbs_time_to_ess(*, first: int = BURN_IN + 1000, max_draws: int = 2
             samples = model.fit_blocked_gibbs(jr.PRNGKey(0), params, size, emissions)
         R = np.asarray(jax.block_until_ready(samples.emissions.cov))[BURN_IN:]
         wall = time.perf_counter() - t0
-        ess = _min_ess_per_dataset(np.diagonal(R, axis1=-2, axis2=-1)[None, :, None, :])
+        ess = bench._min_bulk_ess(np.diagonal(R, axis1=-2, axis2=-1)[None, :, None, :])
         if np.all(ess >= target) or 2 * size > max_draws:
             return _row("dynamax fit_blocked_gibbs (1 chain)", 1, 1, size - BURN_IN, wall, ess, target, scale_to)
         size *= 2
