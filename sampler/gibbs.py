@@ -223,13 +223,8 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
     logdet_power = 2 * S + 4 + U - D
     dtype = params.emissions.cov.dtype
 
-    chol_R = jnp.linalg.cholesky(params.emissions.cov)  # R never moves: its prior term cancels
-
-    def log_prior(p):
-        return priors.log_prior_given_emission_cov(ssm, p, chol_R)
-
     def accept(key, current, proposal, log_jac):
-        log_ratio = log_prior(proposal) - log_prior(current) + log_jac
+        log_ratio = priors.log_prior(ssm, proposal) - priors.log_prior(ssm, current) + log_jac
         ok = jnp.log(jax.random.uniform(key, (), dtype)) < log_ratio
         ok = ok & jnp.isfinite(log_ratio)
         return jax.tree.map(lambda new, old: jnp.where(ok, new, old), proposal, current)

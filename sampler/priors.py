@@ -29,11 +29,10 @@ def inverse_wishart_log_prob(Sigma, df, scale):
             - 0.5 * (df + k + 1) * _logdet_chol(L) - 0.5 * jnp.sum(A * A))
 
 
-def matrix_normal_log_prob(W, loc, row_cov, col_precision, row_chol=None):
-    """log MN(W | loc, row_cov, col_precision^-1) for W (k, p); ``row_chol``, the lower Cholesky
-    factor of row_cov, when the caller already has it."""
+def matrix_normal_log_prob(W, loc, row_cov, col_precision):
+    """log MN(W | loc, row_cov, col_precision^-1) for W (k, p)."""
     k, p = W.shape
-    L = jnp.linalg.cholesky(row_cov) if row_chol is None else row_chol
+    L = jnp.linalg.cholesky(row_cov)
     Lp = jnp.linalg.cholesky(col_precision)
     E = solve_triangular(L, W - loc, lower=True) @ Lp  # tr(Lam E^T Sigma^-1 E) = ||L^-1 E Lp||_F^2
     return (-0.5 * k * p * _LOG_2PI - 0.5 * p * _logdet_chol(L) + 0.5 * k * _logdet_chol(Lp)
@@ -47,14 +46,6 @@ def mniw_log_prob(Sigma, W, prior):
 
 def log_prior(ssm, params: ParamsLGSSM):
     """``ssm.log_prior(params)`` for a dynamax ``LinearGaussianConjugateSSM`` with biases."""
-    ep = ssm.emission_prior
-    return (log_prior_given_emission_cov(ssm, params)
-            + inverse_wishart_log_prob(params.emissions.cov, ep.df, ep.scale))
-
-
-def log_prior_given_emission_cov(ssm, params: ParamsLGSSM, emission_cov_chol=None):
-    """``log_prior`` without the inverse-Wishart term of R: what changes when R does not (the Gibbs
-    kernel's latent-coordinate moves); ``emission_cov_chol``, chol(R), when the caller has it."""
     ip, dp, ep = ssm.initial_prior, ssm.dynamics_prior, ssm.emission_prior
     S = params.initial.cov
     lp = inverse_wishart_log_prob(S, ip.df, ip.scale)
@@ -62,8 +53,7 @@ def log_prior_given_emission_cov(ssm, params: ParamsLGSSM, emission_cov_chol=Non
     lp += matrix_normal_log_prob(params.initial.mean[:, None], ip.loc[:, None], S, jnp.reshape(kappa, (1, 1)))
     Wd = jnp.column_stack((params.dynamics.weights, params.dynamics.input_weights, params.dynamics.bias))
     We = jnp.column_stack((params.emissions.weights, params.emissions.input_weights, params.emissions.bias))
-    return (lp + mniw_log_prob(params.dynamics.cov, Wd, dp)
-            + matrix_normal_log_prob(We, ep.loc, params.emissions.cov, ep.col_precision, emission_cov_chol))
+    return lp + mniw_log_prob(params.dynamics.cov, Wd, dp) + mniw_log_prob(params.emissions.cov, We, ep)
 
 
 def sample_inverse_wishart(key, df, scale):
