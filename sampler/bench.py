@@ -4,6 +4,9 @@ Parts (each a function returning plain dicts, printed as a table or JSON):
 
 * ``grad``  -- gradient evaluations/s of the LG-SSM marginal log-likelihood, ``sampler.kalman``
   against dynamax's ``lgssm_filter``, vmapped over B sequences (T=100, D=10, S=2, as the seed).
+* ``parallel`` -- gradient evaluations/s of the sequential information filter against the
+  parallel-in-time one (``kalman = "parallel"``, an associative scan) over series length T and
+  batch B, with each one's compile time: where the parallel filter wins on this machine.
 * ``e2e``   -- dataset-ESS per second: the seed's own procedure (window adaptation with 10 steps,
   HMC with 5 integration steps, 1,000 draws, a Python loop over a jitted step) on one dataset
   against ``sampler run`` on many datasets x 4 chains, both timed from a cold compilation cache.
@@ -36,7 +39,10 @@ from typing import Callable, Optional, TextIO
 
 import numpy as np
 
-PARTS = ("grad", "e2e", "io", "rss", "warmup", "ess")
+PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess")
+#: (T, B) points of the ``parallel`` part: long series with few chains, where the sequential
+#: scan's per-step cost is not amortised over a batch, and the seed's shape at large B.
+PARALLEL_GRID = ((100, 1), (1000, 1), (10000, 1), (1000, 4), (1000, 64), (100, 1024))
 SEED_T, SEED_D, SEED_S = 100, 10, 2
 
 
@@ -115,6 +121,29 @@ def grad_throughput(batches=(1, 64, 1024, 8192), num_timesteps: int = SEED_T,
             row[f"{name}_grads_per_s"] = B / per_call
             row[f"{name}_compile_s"] = first - per_call
         row["ratio"] = row["ours_grads_per_s"] / row["dynamax_grads_per_s"]
+        rows.append(row)
+    return rows
+
+
+def parallel_in_time(grid=PARALLEL_GRID, dtype: str = "float64") -> list[dict]:
+    """Gradient evaluations/s, sequential information filter vs the parallel-in-time one, at each
+    (T, B) of ``grid`` (seed model, complete data, each sequence with its own parameters)."""
+    import jax
+    import jax.numpy as jnp
+    from functools import partial
+    from sampler.kalman import marginal_log_prob
+    _, params = seed_params()
+    rows = []
+    for T, B in grid:
+        y = jnp.asarray(seed_emissions(B, T), dtype)
+        p = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x, dtype), (B,) + jnp.shape(x)), params)
+        row = {"T": T, "batch": B}
+        for form in ("information", "parallel"):
+            fn = jax.jit(jax.vmap(jax.grad(partial(marginal_log_prob, form=form, partial_missing=False))))
+            first, per_call = _time_calls(fn, p, y, min_seconds=0.5)
+            row[f"{form}_grads_per_s"] = B / per_call
+            row[f"{form}_compile_s"] = first - per_call
+        row["parallel_speedup"] = row["parallel_grads_per_s"] / row["information_grads_per_s"]
         rows.append(row)
     return rows
 
@@ -376,7 +405,7 @@ def peak_rss(root: Path, draws=(1000, 10000), num_datasets: int = 1, num_chains:
 # --- driver ------------------------------------------------------------------------------------------
 def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optional[int] = None,
         include: Optional[str] = None, dtype: str = "float64", out: Optional[TextIO] = sys.stdout) -> dict:
-    """Run the selected parts (``include``: comma-separated of grad,e2e,io,rss,warmup; default all) and
+    """Run the selected parts (``include``: comma-separated of ``PARTS``; default all) and
     return {"device": ..., part: rows}.  With ``out``, a table is printed as each part finishes.
 
     The compilation cache is pointed at a fresh directory so that "including compilation" is true.
@@ -398,6 +427,11 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
             results["grad"] = grad_throughput(bs, dtype=dtype)
             _print(out, _table(results["grad"], ("batch", "ours_grads_per_s", "ours_partial_missing_grads_per_s",
                                                  "dynamax_grads_per_s", "ratio")))
+        if "parallel" in parts:
+            results["parallel"] = parallel_in_time(PARALLEL_GRID[:2] if quick else PARALLEL_GRID, dtype=dtype)
+            _print(out, _table(results["parallel"], ("T", "batch", "information_grads_per_s", "parallel_grads_per_s",
+                                                     "parallel_speedup", "information_compile_s",
+                                                     "parallel_compile_s")))
         n = datasets or (8 if quick else 256)
         draws = 100 if quick else 1000
         settings = dict(num_chains=4, num_warmup=50 if quick else 300, num_draws=draws,

@@ -22,8 +22,9 @@ class ModelConfig(_Section):
     #: initial values by leaf name (dotted or underscored): a number (times identity for square
     #: covariance leaves, filled otherwise) or a nested list of the leaf's shape.
     init: dict[str, Any] = {}
-    #: Kalman filter used in the log density: auto | information | covariance | dynamax (reference).
-    kalman: Literal["auto", "information", "covariance", "dynamax"] = "auto"
+    #: Kalman filter used in the log density: auto | information | covariance | parallel (associative
+    #: scan over time, for few long series; docs/performance.md) | dynamax (reference).
+    kalman: Literal["auto", "information", "covariance", "parallel", "dynamax"] = "auto"
 
     @field_validator("frozen")
     @classmethod

@@ -60,7 +60,7 @@ class Model:
     Attributes:
         state_dim: S.  emission_dim: D.  input_dim: U.
         frozen: dotted leaf names held at their anchor value.
-        kalman_form: ``"auto" | "information" | "covariance"`` (see ``sampler.kalman``) or
+        kalman_form: ``"auto" | "information" | "covariance" | "parallel"`` (see ``sampler.kalman``) or
             ``"dynamax"`` for dynamax's own filter (reference; no missing data).
         partial_missing: whether some emission rows are partly NaN (static; picks the Kalman path).
         has_missing: whether any emission entry is NaN (static; Gibbs then imputes missing entries).

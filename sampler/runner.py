@@ -54,7 +54,7 @@ class RunContext:
     """A validated config with its model, data and kernel: everything ``run_shard`` needs."""
 
     def __init__(self, cfg: Config, run_dir: Path):
-        from sampler import data as data_mod
+        from sampler import data as data_mod, kalman
         from sampler.model import Model
         configure_jax(cfg.sampler.dtype)
         self.cfg = cfg
@@ -62,9 +62,12 @@ class RunContext:
         probe = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim,
                       tuple(cfg.model.frozen), cfg.model.kalman)
         self.data = data_mod.load(cfg, probe)
+        _, num_sequences, num_timesteps, _ = self.data.emissions.shape
+        # from the config and data alone (not the device count), so a resumed run takes the same path
+        form = kalman.choose_form(cfg.model.kalman, num_timesteps,
+                                  batch=self.shard_size * cfg.sampler.num_chains * num_sequences)
         self.model = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim,
-                           tuple(cfg.model.frozen), cfg.model.kalman, self.data.partial_missing,
-                           self.data.has_missing)
+                           tuple(cfg.model.frozen), form, self.data.partial_missing, self.data.has_missing)
         if self.model.dim == 0:
             raise UserError("model.frozen: every leaf is frozen; nothing to sample")
 
@@ -149,7 +152,8 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                  num_datasets=data.num_datasets, draws_per_chunk=min(cfg.run.checkpoint_every, cfg.sampler.num_draws),
                  datasets_per_chunk=ctx.shard_size, emissions=data.emissions, inputs=data.inputs,
                  has_sequences=data.has_sequences, center=data.center, scale=data.scale,
-                 attrs={"sampler_algorithm": ctx.algorithm, "frozen": list(cfg.model.frozen),
+                 attrs={"sampler_algorithm": ctx.algorithm, "kalman": ctx.model.kalman_form,
+                        "frozen": list(cfg.model.frozen),
                         "num_warmup": cfg.sampler.num_warmup, "seed": cfg.sampler.seed,
                         "dtype": cfg.sampler.dtype, "versions": _versions(),
                         "config": config_mod.to_toml(cfg)})
