@@ -23,7 +23,7 @@ class ModelConfig(_Section):
     #: covariance leaves, filled otherwise) or a nested list of the leaf's shape.
     init: dict[str, Any] = {}
     #: Kalman filter used in the log density: auto | information | covariance | parallel (associative
-    #: scan over time, for few long series; docs/performance.md) | dynamax (reference).
+    #: scan over time; for long runs on few long series, docs/performance.md) | dynamax (reference).
     kalman: Literal["auto", "information", "covariance", "parallel", "dynamax"] = "auto"
 
     @field_validator("frozen")

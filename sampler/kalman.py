@@ -32,13 +32,6 @@ Form = Literal["auto", "information", "covariance", "parallel"]
 _LOG_2PI = math.log(2.0 * math.pi)
 _UNROLL_MAX_DIM = 4
 
-#: ``choose_form`` picks the parallel-in-time filter for series at least this long ...
-PARALLEL_MIN_TIMESTEPS = 1000
-#: ... batched at most this many sequences per compiled program: measured on 2 CPU cores
-#: (docs/performance.md), it gave 1.7-2.7x the sequential filter's gradients/s at T >= 1,000 and
-#: B <= 4, and 0.45-0.5x at B >= 64, and it compiles in 30-60 s instead of 3-5 s.
-PARALLEL_MAX_BATCH = 4
-
 
 def small_cholesky(A):
     """Lower Cholesky factor of SPD matrices ``A`` (..., n, n); unrolled when n is small.
@@ -284,15 +277,6 @@ def _covariance_filter(params, emissions, inputs):
     carry0 = (jnp.zeros((), H.dtype), params.initial.mean, params.initial.cov)
     (ll, _, _), filtered = jax.lax.scan(step, carry0, (y, c, mask, R_t, next_inputs))
     return ll, filtered
-
-
-def choose_form(form: str, num_timesteps: int, batch: int) -> str:
-    """Resolve a configured ``"auto"`` for a compiled program that evaluates ``batch`` sequences of
-    length ``num_timesteps`` at once: ``"parallel"`` for few long series, else ``"auto"`` (the
-    per-sequence choice of information vs covariance form).  Any other ``form`` is returned as is."""
-    if form == "auto" and num_timesteps >= PARALLEL_MIN_TIMESTEPS and batch <= PARALLEL_MAX_BATCH:
-        return "parallel"
-    return form
 
 
 def marginal_log_prob(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = None, *,

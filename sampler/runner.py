@@ -54,7 +54,7 @@ class RunContext:
     """A validated config with its model, data and kernel: everything ``run_shard`` needs."""
 
     def __init__(self, cfg: Config, run_dir: Path):
-        from sampler import data as data_mod, kalman
+        from sampler import data as data_mod
         from sampler.model import Model
         configure_jax(cfg.sampler.dtype)
         self.cfg = cfg
@@ -62,12 +62,9 @@ class RunContext:
         probe = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim,
                       tuple(cfg.model.frozen), cfg.model.kalman)
         self.data = data_mod.load(cfg, probe)
-        _, num_sequences, num_timesteps, _ = self.data.emissions.shape
-        # from the config and data alone (not the device count), so a resumed run takes the same path
-        form = kalman.choose_form(cfg.model.kalman, num_timesteps,
-                                  batch=self.shard_size * cfg.sampler.num_chains * num_sequences)
         self.model = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim,
-                           tuple(cfg.model.frozen), form, self.data.partial_missing, self.data.has_missing)
+                           tuple(cfg.model.frozen), cfg.model.kalman, self.data.partial_missing,
+                           self.data.has_missing)
         if self.model.dim == 0:
             raise UserError("model.frozen: every leaf is frozen; nothing to sample")
 

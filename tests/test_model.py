@@ -51,12 +51,3 @@ def test_dynamax_filter_selectable_as_reference():
     b = ref.log_likelihood(params, y[None])
     assert float(a) == pytest.approx(float(b), rel=1e-8)
 
-
-@pytest.mark.parametrize("num_datasets,shard_size,expected", [(3, 1, "parallel"), (3, 3, "auto")])
-def test_auto_kalman_form_is_parallel_only_for_few_long_series(tmp_path, num_datasets, shard_size, expected):
-    """A shard of 1 dataset x 2 chains of T = 1,000 takes the parallel-in-time filter; 3 x 2 does not."""
-    from conftest import write_config
-    from sampler import config, runner
-    np.savez(tmp_path / "long.npz", emissions=np.random.default_rng(0).normal(size=(num_datasets, 1000, 2)))
-    cfg = config.load(write_config(tmp_path / "c.toml", "long.npz", run={"shard_size": shard_size}))
-    assert runner.RunContext(cfg, tmp_path / "run").model.kalman_form == expected
