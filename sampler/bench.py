@@ -260,15 +260,29 @@ def sampler_run(root: Path, num_datasets: int, **settings) -> dict:
             "datasets_min_ess_over_400": int((ess > 400).sum())}
 
 
+def streaming_overhead(root: Path, num_datasets: int, repeats: int = 3, **settings) -> dict:
+    """Median wall of ``repeats`` real runs against as many null-sink runs, interleaved (real, null,
+    real, null, ...) after one run that compiles the programs, so that a shared machine's drift hits
+    both alike."""
+    sampler_run(root / "warm", num_datasets, **settings)
+    real, null = [], []
+    for i in range(repeats):
+        real.append(sampler_run(root / f"real-{i}", num_datasets, **settings)["wall_s"])
+        null.append(null_sink_run(root / f"real-{i}", num_datasets, **settings)["wall_s"])
+    real_s, null_s = float(np.median(real)), float(np.median(null))
+    return {"datasets": num_datasets, "repeats": repeats, "real_run_dir_s": real_s, "null_sink_s": null_s,
+            "overhead": real_s / null_s - 1.0, "real_runs_s": real, "null_runs_s": null}
+
+
 def null_sink_run(root: Path, num_datasets: int, **settings) -> dict:
     """The same sampling as ``sampler_run`` with every block of draws fetched to the host and dropped:
     no Zarr, no checkpoints."""
     import jax
     from sampler import engine, runner
     cfg = _config(root, _write_data(root, num_datasets), num_datasets, **settings)
-    ctx = runner.RunContext(cfg, root / "null")
-    s = cfg.sampler
     t0 = time.perf_counter()
+    ctx = runner.RunContext(cfg, root / "null")  # timed, as it is in sampler_run's driver.execute
+    s = cfg.sampler
     for shard in ctx.shards:
         batch, _ = runner._shard_batch(ctx, shard)
         keys = engine.chain_keys(s.seed, batch.dataset, batch.chain)
@@ -446,12 +460,8 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
         if "io" in parts:
             m = max(n // 4, 1)
             io_settings = dict(settings, shard_size=min(settings["shard_size"], m))
-            sampler_run(root / "io-warm", m, **io_settings)           # compiles the programs
-            real = sampler_run(root / "io-real", m, **io_settings)
-            null = null_sink_run(root / "io-real", m, **io_settings)
-            results["io"] = [{"datasets": m, "real_run_dir_s": real["wall_s"], "null_sink_s": null["wall_s"],
-                              "overhead": real["wall_s"] / null["wall_s"] - 1.0}]
-            _print(out, _table(results["io"], ("datasets", "real_run_dir_s", "null_sink_s", "overhead")))
+            results["io"] = [streaming_overhead(root / "io", m, repeats=1 if quick else 3, **io_settings)]
+            _print(out, _table(results["io"], ("datasets", "repeats", "real_run_dir_s", "null_sink_s", "overhead")))
         if "rss" in parts:
             results["rss"] = peak_rss(root / "rss", draws=(100, 1000) if quick else (1000, 10000))
             _print(out, _table(results["rss"], ("draws", "datasets", "chains", "max_rss_mb", "wall_s")))

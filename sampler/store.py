@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import ZstdCodec
 
 from sampler.model import LEAVES, Model, store_name
 
@@ -35,10 +36,16 @@ def leaf_dims(leaf: str) -> tuple[str, ...]:
     }[leaf]
 
 
+#: zstd level 1: the same size as zarr's default (level 3) on posterior draws (1.5x smaller than raw,
+#: mostly from the symmetric covariance leaves) in ~55% of the time (92 vs 169 ms per 12.8 MB block
+#: of R on the 2-core CPU); blosc's shuffle filters were faster but compressed only 1.07x.
+_COMPRESSOR = ZstdCodec(level=1)
+
+
 def _create(group, name, shape, chunks, dtype, dims):
     return group.create_array(
         name, shape=shape, chunks=tuple(max(1, c) for c in chunks), dtype=dtype,
-        fill_value=_FILL[dtype], dimension_names=dims, overwrite=True)
+        fill_value=_FILL[dtype], dimension_names=dims, compressors=_COMPRESSOR, overwrite=True)
 
 
 def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_datasets: int,
