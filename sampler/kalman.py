@@ -11,6 +11,12 @@ Hand-written rather than taken from dynamax for two reasons:
   sequence in one vectorised pass, and each filter step only factors ``state_dim x state_dim``
   matrices (unrolled for small ``state_dim``).  dynamax factors the ``emission_dim``-sized
   innovation covariance at every step.
+* **Parallel in time** (``form="parallel"``): the same information-form terms combined by an
+  associative scan (Särkkä & García-Fernández 2021) in O(log T) depth.  dynamax's parallel filter
+  carries the log-likelihood through the scan, which needs the inverse of each element's C, and
+  differs from its sequential filter by ~4e-8 relative; here the scan yields the filtered moments and
+  the log-likelihood is summed afterwards from the predicted moments, equal to the sequential value
+  to rounding.
 
 Conventions follow dynamax exactly (``x_1 ~ N(m0, S0)``; the transition into step ``t+1`` uses
 input ``u_{t+1}``), so the value equals
