@@ -153,6 +153,7 @@ def test_standardisation_is_undone_exactly(tmp_path, panel, scale_by):
     assert data.to_data_scale(sd, None, None) is sd
 
 
+@pytest.mark.slow  # two CLI processes, ~80 s; the scaling itself is unit-tested above
 def test_standardised_run_forecasts_on_the_data_scale(tmp_path, panel):
     """[data] standardize: the store records centre and scale, and `sampler forecast` undoes them."""
     _, order, files = _files(tmp_path, panel)

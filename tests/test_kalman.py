@@ -114,9 +114,8 @@ def test_gradient_finite_with_missing():
 
 
 # --- the parallel-in-time filter: few, jitted checks (its associative scan compiles slowly on CPU) ----
-@pytest.mark.parametrize("S,D,U,T", [(2, 10, 0, 100), (3, 2, 1, 50)])
-def test_parallel_value_and_filtered_moments_match_dynamax(S, D, U, T):
-    params, y, u = random_problem(S, D, U, T, seed=6)
+def test_parallel_value_and_filtered_moments_match_dynamax():
+    params, y, u = random_problem(2, 10, 0, 100, seed=6)  # the seed's sizes
     ref = lgssm_filter(params, y, u)
     ll, means, covs = jax.jit(lambda p, yy, uu: kalman_filter(p, yy, uu, form="parallel"))(params, y, u)
     assert abs(float(ll - ref.marginal_loglik)) <= 1e-8 * abs(float(ref.marginal_loglik))
@@ -127,8 +126,8 @@ def test_parallel_value_and_filtered_moments_match_dynamax(S, D, U, T):
 def test_parallel_gradient_with_missing_data_matches_sequential():
     """Whole and partly missing rows, inputs, S > D: value and gradient equal the sequential
     information filter's (itself checked against dynamax and the skipping reference above)."""
-    params, y, u = random_problem(3, 2, 1, 40, seed=7)
-    y = y.at[jnp.array([3, 4, 20])].set(jnp.nan).at[9, 1].set(jnp.nan)
+    params, y, u = random_problem(3, 2, 1, 12, seed=7)  # short: the scan's gradient compiles slowly
+    y = y.at[jnp.array([3, 4])].set(jnp.nan).at[9, 1].set(jnp.nan)
 
     def value_and_grad(form):
         return jax.jit(jax.value_and_grad(lambda p: marginal_log_prob(p, y, u, form=form)))(params)
