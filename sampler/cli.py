@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -207,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # XLA logs a warning line ("Assume version compatibility") for every executable it loads from the
+    # persistent compilation cache; with a warm cache that line would precede a bad-input error, which
+    # must be the only line on stderr.  Level 2 keeps XLA's errors; imported libraries (and so the
+    # environments they spawn) often set 1, hence raised rather than defaulted.
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0", "1"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
