@@ -123,6 +123,7 @@ def test_parallel_value_and_filtered_moments_match_dynamax():
     np.testing.assert_allclose(covs, ref.filtered_covariances, rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.slow  # ~35 s compiling the scan's gradient; the parallel filter is opt-in (kalman = "parallel")
 def test_parallel_gradient_with_missing_data_matches_sequential():
     """Whole and partly missing rows, inputs, S > D: value and gradient equal the sequential
     information filter's (itself checked against dynamax and the skipping reference above)."""
