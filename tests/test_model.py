@@ -50,4 +50,3 @@ def test_dynamax_filter_selectable_as_reference():
     a = ours.log_likelihood(params, y[None])
     b = ref.log_likelihood(params, y[None])
     assert float(a) == pytest.approx(float(b), rel=1e-8)
-
