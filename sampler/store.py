@@ -36,9 +36,9 @@ def leaf_dims(leaf: str) -> tuple[str, ...]:
     }[leaf]
 
 
-#: zstd level 1: the same size as zarr's default (level 3) on posterior draws (1.5x smaller than raw;
-#: the symmetric covariance leaves repeat half their values) in ~55% of the time (92 vs 169 ms per 12.8 MB block
-#: of R on the 2-core CPU); blosc's shuffle filters were faster but compressed only 1.07x.
+#: zstd level 1: the same size as zarr's default (level 3) on posterior draws (1.5x smaller than
+#: raw; the symmetric covariance leaves repeat half their values) in ~55% of the time (92 vs 169 ms
+#: per 12.8 MB block of R on the 2-core CPU); blosc with shuffle was faster but compressed 1.07x.
 _COMPRESSOR = ZstdCodec(level=1)
 
 
