@@ -248,10 +248,9 @@ def _parallel_filter(params, emissions, inputs, partial_missing):
     elements = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), first, rest)
     scanned = jax.lax.associative_scan(jax.vmap(_combine), elements)
     means, covs = scanned.b, scanned.C
-    mm = jax.vmap(small_matmul, in_axes=(None, 0))
-    pred_means = jnp.concatenate([m0[None], mm(F, means[:-1]) + c[1:]])
-    pred_covs = jnp.concatenate([P0[None], jax.vmap(lambda P: small_matmul(small_matmul(F, P), F.T) + Q)(covs[:-1])])
-    pred_covs = 0.5 * (pred_covs + jnp.swapaxes(pred_covs, -1, -2))
+    pm, pP = jax.vmap(predict, in_axes=(0, 0, None, 0))(means[:-1], covs[:-1], params, inputs[1:])
+    pred_means = jnp.concatenate([m0[None], pm])
+    pred_covs = jnp.concatenate([P0[None], 0.5 * (pP + jnp.swapaxes(pP, -1, -2))])
     ll_t, _, _ = jax.vmap(_info_update)(pred_means, pred_covs, J, h, q, logdet_R, n_obs)
     return jnp.sum(ll_t), (means, covs)
 
