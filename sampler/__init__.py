@@ -5,32 +5,35 @@ Python API::
     import sampler
     run_dir = sampler.run("config.toml", sampler__num_draws=200)   # -> pathlib.Path
     tree = sampler.open_run(run_dir)                               # -> xarray.DataTree
+    sampler.kalman.marginal_log_prob(params, emissions)            # dynamax's lgssm_filter loglik
+
+Layers, each importing only those below it: ``core`` (pure JAX), ``storage`` (files), ``run``
+(scheduling, Ray), ``analysis`` (forecasts, diagnostics, studies), ``bench``; ``cli`` on top.
+
+Every ``sampler`` command imports this module first, so it imports nothing heavy itself: the
+functions below import JAX and the layers when called (``sampler status`` and ``--help`` stay fast).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Union
 
 __version__ = "0.1.0"
+__all__ = ["kalman", "open_run", "run"]
 
 
-def run(config_or_path: Union[str, Path, "sampler.config.Config"], *, progress: bool = True,
-        **overrides) -> Path:
-    """Sample every dataset of a config (a TOML path or a ``Config``); resumes an existing run dir.
+def run(config_or_path, *, progress: bool = True, **overrides) -> Path:
+    """Sample every dataset of a config (a TOML path or a ``sampler.storage.config.Config``);
+    resumes an existing run dir.
 
     ``overrides`` are dotted config keys with ``__`` for the dots, e.g. ``sampler__num_draws=200``,
     ``run__workers=0``.  Returns the run dir.
     """
-    from sampler import config, driver
+    from sampler.run import driver
+    from sampler.storage import config
     if isinstance(config_or_path, config.Config):
-        raw = config_or_path.model_dump()
-        for key, value in overrides.items():
-            *parents, leaf = key.split("__")
-            node = raw
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        cfg = config.from_dict(raw)
+        cfg = config.from_dict(config.apply_overrides(config_or_path.model_dump(), settings=overrides))
     else:
         cfg = config.load(config_or_path, **overrides)
     return driver.execute(cfg, progress=progress)
@@ -38,6 +41,13 @@ def run(config_or_path: Union[str, Path, "sampler.config.Config"], *, progress: 
 
 def open_run(run_dir: Union[str, Path]):
     """The run's ``samples.zarr`` as an ``xarray.DataTree`` (posterior, sample_stats, observed_data)."""
-    from sampler import store
-    from sampler.runner import STORE
-    return store.open_tree(Path(run_dir) / STORE)
+    from sampler.storage import store
+    from sampler.storage.rundir import RunDir
+    return store.open_tree(RunDir(run_dir).store)
+
+
+def __getattr__(name: str):
+    """``sampler.kalman`` without importing JAX before it is used."""
+    if name == "kalman":
+        return importlib.import_module("sampler.kalman")
+    raise AttributeError(f"module 'sampler' has no attribute {name!r}")

@@ -1,4 +1,8 @@
-"""``sampler`` command line: the thinnest layer over ``sampler.driver`` and ``sampler.diagnostics``."""
+"""``sampler`` command line: the thinnest layer over the run and analysis layers.
+
+Each command imports what it uses inside its handler: importing JAX, Ray, matplotlib or statsmodels
+takes seconds, and ``sampler status`` or ``--help`` needs none of them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +16,7 @@ from sampler.errors import UserError
 
 def _config_with_run_dir(args):
     """The config with ``--set`` overrides and, when given, ``--run-dir`` as ``run.dir``."""
-    from sampler import config
+    from sampler.storage import config
     overrides = list(args.set or [])
     if args.run_dir:
         overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
@@ -20,62 +24,49 @@ def _config_with_run_dir(args):
 
 
 def _run(args) -> int:
-    from sampler import driver
+    from sampler.analysis import diagnostics
+    from sampler.run import driver
     cfg = _config_with_run_dir(args)
     run_dir = driver.execute(cfg, workers=args.workers, address=args.address)
-    from sampler import diagnostics
     print(diagnostics.format_table(diagnostics.summarize(run_dir), limit=20))
     print(f"run dir: {run_dir}")
     return 0
 
 
-def _require_run_dir(path: str) -> Path:
-    from sampler.runner import RUN_FILE
-    run_dir = Path(path)
-    if not (run_dir / RUN_FILE).is_file():
-        raise UserError(f"{run_dir}: not a sampler run dir (no {RUN_FILE})")
-    return run_dir
+def _run_dir(path: str):
+    from sampler.storage.rundir import RunDir
+    return RunDir(path).require()
 
 
 def _status(args) -> int:
-    from sampler import driver
-    rows = driver.shard_progress(_require_run_dir(args.dir))
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    from sampler import config
-    total = config.load(Path(args.dir) / "config.toml").sampler.num_draws
-    print(f"{'shard':>5} {'datasets':>15} {'warmup':>6} {'draws':>13} {'checkpoints':>20} {'failures':>8}")
-    for r in rows:
-        a, b = r["datasets"]
-        print(f"{r['shard']:>5} {f'{a}-{b - 1}':>15} {'done' if r['warmup_done'] else '-':>6} "
-              f"{r['draws_done']:>6}/{total:<6} {','.join(map(str, r['checkpoints'])) or '-':>20} {r['failures']:>8}")
-    done = sum(r["draws_done"] == total for r in rows)
-    print(f"{done} of {len(rows)} shards complete")
+    from sampler.run import driver
+    rd = _run_dir(args.dir)
+    print(json.dumps(rd.shard_progress(), indent=1) if args.json else driver.format_status(rd))
     return 0
 
 
 def _summary(args) -> int:
-    from sampler import diagnostics
-    summary = diagnostics.summarize(_require_run_dir(args.dir), all_leaves=args.all)
+    from sampler.analysis import diagnostics
+    summary = diagnostics.summarize(_run_dir(args.dir).path, all_leaves=args.all)
     print(json.dumps(summary, indent=1) if args.json else diagnostics.format_table(summary, limit=args.limit))
     return 0
 
 
 def _forecast(args) -> int:
-    from sampler import forecast
+    from sampler.analysis import forecast
     try:
         plot = [int(i) for i in args.plot.split(",") if i.strip()] if args.plot else None
     except ValueError:
         raise UserError(f"--plot: expected comma-separated dataset indices, got {args.plot!r}") from None
-    result = forecast.forecast_run(_require_run_dir(args.dir), horizon=args.horizon, burn_in=args.burn_in,
+    result = forecast.forecast_run(_run_dir(args.dir).path, horizon=args.horizon, burn_in=args.burn_in,
                                    thin=args.thin, plot=plot)
     print(json.dumps(result, indent=1))
     return 0
 
 
 def _simulate(args) -> int:
-    from sampler import config, simulate
+    from sampler.analysis import simulate
+    from sampler.storage import config
     cfg = config.load(args.config, list(args.set or []))
     result = simulate.simulate_file(cfg, Path(args.out), num_datasets=args.num_datasets, source=args.source,
                                     num_timesteps=args.num_timesteps, num_sequences=args.num_sequences,
@@ -86,7 +77,7 @@ def _simulate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from sampler import calibrate
+    from sampler.analysis import calibrate
     cfg = _config_with_run_dir(args)
     report = calibrate.calibrate(cfg, num_datasets=args.num_datasets, num_timesteps=args.num_timesteps,
                                  thin=args.thin, seed=args.seed, workers=args.workers, address=args.address,
@@ -97,7 +88,7 @@ def _calibrate(args) -> int:
 
 
 def _submit(args) -> int:
-    from sampler import submit
+    from sampler.run import submit
     job_id = submit.submit(args.config, address=args.address, overrides=list(args.set or []),
                            run_dir=args.run_dir, workers=args.workers, wait=args.wait)
     print(job_id)
@@ -105,7 +96,7 @@ def _submit(args) -> int:
 
 
 def _backtest(args) -> int:
-    from sampler import backtest
+    from sampler.analysis import backtest
     cfg = _config_with_run_dir(args)
     report = backtest.backtest(cfg, horizon=args.horizon, origins=args.origins,
                                statsmodels=not args.no_statsmodels, workers=args.workers, address=args.address)
@@ -122,9 +113,8 @@ def _bench(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sampler", description="Batched Bayesian LG-SSM posterior sampling.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_sampling_commands(sub) -> None:
+    """run, status, summary, forecast, submit."""
     r = sub.add_parser("run", help="sample every dataset (re-running on an existing run dir resumes it)")
     r.add_argument("config")
     r.add_argument("--run-dir")
@@ -150,6 +140,18 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--plot", help="datasets whose forecast and lp-trace figures to draw, e.g. 0,3,7 "
                                   "(default: none; plots/diagnostics.png is always written)")
     f.set_defaults(fn=_forecast)
+    j = sub.add_parser("submit", help="the same run as a Ray Job on an existing cluster")
+    j.add_argument("config")
+    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HOST:8265")
+    j.add_argument("--run-dir", help="run dir as seen from the cluster (shared filesystem or URL)")
+    j.add_argument("--workers", type=int)
+    j.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    j.add_argument("--set", action="append", metavar="KEY=VALUE")
+    j.set_defaults(fn=_submit)
+
+
+def _add_study_commands(sub) -> None:
+    """simulate, calibrate, backtest, bench."""
     g = sub.add_parser("simulate", help="draw datasets (and their true params) from the model")
     g.add_argument("config")
     g.add_argument("--out", required=True)
@@ -178,14 +180,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--address")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(fn=_calibrate)
-    j = sub.add_parser("submit", help="the same run as a Ray Job on an existing cluster")
-    j.add_argument("config")
-    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HOST:8265")
-    j.add_argument("--run-dir", help="run dir as seen from the cluster (shared filesystem or URL)")
-    j.add_argument("--workers", type=int)
-    j.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    j.add_argument("--set", action="append", metavar="KEY=VALUE")
-    j.set_defaults(fn=_submit)
     t = sub.add_parser("backtest", help="rolling-origin backtest with scored forecasts, beside statsmodels")
     t.add_argument("config")
     t.add_argument("--horizon", type=int, required=True)
@@ -204,14 +198,21 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--only", help="comma-separated parts: grad,parallel,e2e,io,rss,warmup,ess (default: all)")
     b.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     b.set_defaults(fn=_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sampler", description="Batched Bayesian LG-SSM posterior sampling.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_sampling_commands(sub)
+    _add_study_commands(sub)
     return p
 
 
 def main(argv=None) -> int:
     # XLA logs a warning line ("Assume version compatibility") for every executable it loads from the
-    # persistent compilation cache; with a warm cache that line would precede a bad-input error, which
-    # must be the only line on stderr.  Level 2 keeps XLA's errors; imported libraries (and so the
-    # environments they spawn) often set 1, hence raised rather than defaulted.
+    # persistent compilation cache, which would precede a bad-input error that must be the only line
+    # on stderr.  Level 2 keeps XLA's errors; imported libraries (and so the environments they spawn)
+    # often set 1, hence raised rather than defaulted.
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0", "1"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     args = parser().parse_args(argv)

@@ -20,7 +20,7 @@ def simulate(num_datasets: int, state_dim: int = 1, emission_dim: int = 2, T: in
     import jax.numpy as jnp
     import jax.random as jr
     from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM
-    from sampler.model import LEAVES, get_leaf, store_name
+    from sampler.core.leaves import LEAVES, get_leaf, store_name
     if True:
         m = LinearGaussianConjugateSSM(state_dim, emission_dim, input_dim)
         params, _ = m.initialize(jr.PRNGKey(seed), dynamics_weights=0.9 * jnp.eye(state_dim),

@@ -9,23 +9,25 @@ import pytest
 from scipy import integrate, stats
 
 from conftest import write_config
-from sampler import backtest, config, data
+from sampler.analysis import backtest, scores
+from sampler.errors import UserError
+from sampler.storage import config, data
 
 
 def test_crps_sample_hand_computed():
     # sample {0, 1, 3}, y = 1: E|X - y| = (1 + 0 + 2) / 3 = 1; E|X - X'| = 2 (1 + 3 + 2) / 9 = 4/3
-    assert backtest.crps_sample(np.array([3.0, 0.0, 1.0]), np.array(1.0)) == pytest.approx(1 - 2 / 3)
+    assert scores.crps_sample(np.array([3.0, 0.0, 1.0]), np.array(1.0)) == pytest.approx(1 - 2 / 3)
     # a one-point sample is the absolute error
-    assert backtest.crps_sample(np.array([[2.5]]), np.array([1.0]))[0] == pytest.approx(1.5)
+    assert scores.crps_sample(np.array([[2.5]]), np.array([1.0]))[0] == pytest.approx(1.5)
 
 
 def test_crps_gaussian_equals_the_integral_and_a_large_sample():
     mu, sd, y = 0.5, 2.0, 1.3
     integral = sum(integrate.quad(lambda x: (stats.norm.cdf(x, mu, sd) - (x >= y)) ** 2, a, b)[0]
                    for a, b in ((-np.inf, y), (y, np.inf)))
-    assert backtest.crps_gaussian(mu, sd, y) == pytest.approx(integral, rel=1e-7)
+    assert scores.crps_gaussian(mu, sd, y) == pytest.approx(integral, rel=1e-7)
     draws = np.random.default_rng(0).normal(mu, sd, 200_000)
-    assert backtest.crps_sample(draws, np.array(y)) == pytest.approx(integral, rel=1e-2)
+    assert scores.crps_sample(draws, np.array(y)) == pytest.approx(integral, rel=1e-2)
 
 
 def test_coverage_and_errors_hand_computed():
@@ -34,7 +36,7 @@ def test_coverage_and_errors_hand_computed():
     lower = np.array([[-1.0, 0.5, 2.5, 0.0]] * 4)    # 4 levels; y inside for entries 0 and 1 only
     upper = np.array([[1.0, 1.5, 3.5, 0.0]] * 4)
     lower[3, 2] = 1.0                                 # the 95% interval also covers entry 2
-    s = backtest.summarize(point, np.array([0.1, 0.2, 0.6, 5.0]), lower, upper, y, ~np.isnan(y))
+    s = scores.summarize(point, np.array([0.1, 0.2, 0.6, 5.0]), lower, upper, y, ~np.isnan(y))
     assert s["n"] == 3
     assert s["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 4) / 3))
     assert s["mae"] == pytest.approx(2.5 / 3)
@@ -55,7 +57,7 @@ def test_plan_windows_are_right_aligned_with_their_truth():
     np.testing.assert_array_equal(p.emissions[1, 0, :, 0], np.arange(6))            # a, origin 1995
     np.testing.assert_array_equal(p.emissions[2, 0, :, 0], [np.nan] * 3 + [8, 9, 10])  # b, origin 1992
     np.testing.assert_array_equal(p.truth[:, 0, :, 0], [[5, 6], [6, 7], [11, 12], [12, 13]])
-    with pytest.raises(backtest.UserError, match=r"series 'b': too short"):
+    with pytest.raises(UserError, match=r"series 'b': too short"):
         backtest.plan(ds, horizon=2, origins=4, min_length=2, where="x")
 
 

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sampler import calibrate, config, runner, simulate
+from sampler.analysis import calibrate, simulate
+from sampler.core import simulation
+from sampler.run import runner
+from sampler.storage import config
+from sampler.storage.rundir import RunDir
 from sampler.errors import UserError
-from sampler.model import Model
+from sampler.core.model import Model
 from tests.conftest import cli, write_config
 
 #: the study: small, but enough Gibbs sweeps for the weakly identified datasets a prior this wide gives.
@@ -28,7 +32,7 @@ def study(tmp_path_factory):
     """One calibration run, killed after its first block of draws and resumed by re-running calibrate."""
     tmp = tmp_path_factory.mktemp("sbc")
     cfg = study_config(tmp, "sbc")
-    original = runner._finish_block
+    original = runner._write_draws
     calls = []
 
     def die_after_first_block(*args, **kwargs):
@@ -37,12 +41,12 @@ def study(tmp_path_factory):
         calls.append(1)
         return original(*args, **kwargs)
 
-    runner._finish_block = die_after_first_block
+    runner._write_draws = die_after_first_block
     try:
         with pytest.raises(KeyboardInterrupt):
             calibrate.calibrate(cfg, **STUDY, progress=False)
     finally:
-        runner._finish_block = original
+        runner._write_draws = original
     checkpoints = sorted(p.name for p in (tmp / "sbc" / "checkpoints" / "shard-00000").iterdir())
     assert checkpoints == ["0", "100"], checkpoints
     report = calibrate.calibrate(cfg, **STUDY, progress=False)
@@ -69,7 +73,7 @@ def test_sbc_verdict(study, variant, calibrated):
 def test_study_report_and_resume(study):
     cfg, report = study
     run_dir = Path(cfg.run.dir)
-    saved = json.loads((run_dir / calibrate.REPORT).read_text())
+    saved = json.loads(RunDir(run_dir).calibration_report.read_text())
     assert saved["verdict"] == report["verdict"] and saved["simulation"]["rejected"] == report["simulation"]["rejected"]
     names = [q["name"] for q in report["quantities"]]
     for name in ("emissions_cov[0,0]", "emissions_cov[1,0]", "emissions_cov[1,1]", "dynamics_weights[0,0]",
@@ -90,22 +94,22 @@ def test_study_report_and_resume(study):
     import zarr
     assert not np.isnan(zarr.open_group(str(tree), mode="r")["posterior"]["emissions_cov"][:]).any()
     # the same study again reuses the file; another simulation is refused and nothing is written
-    blob = (run_dir / calibrate.SIMULATED).read_bytes()
+    blob = RunDir(run_dir).simulated.read_bytes()
     before = sorted(p.name for p in run_dir.iterdir())
     with pytest.raises(UserError, match="cannot resume"):
         calibrate.calibrate(cfg, **STUDY, seed=1, progress=False)
     assert sorted(p.name for p in run_dir.iterdir()) == before
-    assert (run_dir / calibrate.SIMULATED).read_bytes() == blob
+    assert RunDir(run_dir).simulated.read_bytes() == blob
     assert "PASS" in calibrate.format_report(report).splitlines()[-2]
 
 
 def test_prior_draws_match_dynamax_prior():
-    """simulate.prior_draw (the sampler's conjugate update with no data) against independent draws of
+    """simulation.prior_draw (the sampler's conjugate update with no data) against independent draws of
     dynamax's prior: scipy's inverse Wishart and the matrix normal's definition, dynamax's hyperparameters."""
     model = Model(1, 2)
     anchor = model.initial_params(jax.random.PRNGKey(0), {})
     n = 4000
-    ours = jax.jit(jax.vmap(lambda k: simulate.prior_draw(k, model, anchor)))(
+    ours = jax.jit(jax.vmap(lambda k: simulation.prior_draw(k, model, anchor)))(
         jax.random.split(jax.random.PRNGKey(1), n))
     ssm = model.ssm
     rng = np.random.default_rng(2)
@@ -138,7 +142,7 @@ def test_prior_draws_match_dynamax_prior():
     assert min(p.values()) > 0.001 / len(p), p
     # frozen leaves stay; the free ones are drawn from the prior given them
     frozen = Model(1, 2, frozen=("emissions.weights", "dynamics.cov"))
-    draw = jax.jit(lambda k: simulate.prior_draw(k, frozen, anchor))(jax.random.PRNGKey(3))
+    draw = jax.jit(lambda k: simulation.prior_draw(k, frozen, anchor))(jax.random.PRNGKey(3))
     np.testing.assert_array_equal(draw.emissions.weights, anchor.emissions.weights)
     np.testing.assert_array_equal(draw.dynamics.cov, anchor.dynamics.cov)
     assert not np.allclose(draw.emissions.cov, anchor.emissions.cov)
@@ -161,7 +165,7 @@ def test_simulate_cli_file_runs(tmp_path):
         assert np.nanmax(np.abs(f["emissions"])) <= simulate.DEFAULT_MAX_ABS_EMISSION
     # what `sampler run` checks before sampling (the data file against the model)
     ctx = runner.RunContext(config.load(cfg), tmp_path / "run")
-    assert ctx.data.num_datasets == 4 and ctx.data.has_sequences and ctx.data.partial_missing
+    assert ctx.data.num_datasets == 4 and ctx.data.has_sequences and ctx.model.partial_missing
     assert not (tmp_path / "run").exists()
 
 
@@ -216,7 +220,7 @@ def test_uniformity_test_and_holm():
 def test_tempered_sampler_fails_calibration(tmp_path, monkeypatch):
     """A wrong sampler: FFBS draws the states under a tempered likelihood (emission noise doubled).
     The correct sampler passes the same study (test_sbc_verdict); this one must fail it."""
-    from sampler import engine, gibbs
+    from sampler.core import engine, gibbs
     original = gibbs.sample_states
 
     def tempered(key, model, params, emissions, inputs=None):

@@ -8,9 +8,8 @@ import pytest
 import xarray as xr
 
 from conftest import cli, write_config
-from sampler import config, data
+from sampler.storage import config, data
 from sampler.errors import UserError
-from sampler.model import Model
 
 LABELS = ["fr", "de", "it"]
 YEARS = np.arange(2000, 2012)
@@ -37,7 +36,7 @@ def _wide(y: np.ndarray) -> pd.DataFrame:
 def _load(path, emission_dim=2, **keys):
     cfg = config.from_dict({"model": {"state_dim": 1, "emission_dim": emission_dim},
                             "data": {"path": str(path), **keys}})
-    return data.load(cfg, Model(1, emission_dim, 0, (), "auto"))
+    return data.load(cfg)
 
 
 def _files(tmp_path, y):

@@ -102,7 +102,7 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
     """On resume the bar starts at the draws already stored (so draws/s and ETA cover this session
     only) and ends at datasets x draws, fed by run_shard's callbacks (in-process) or by polling the
     checkpoints (Ray)."""
-    from sampler import driver, runner
+    from sampler.run import driver, runner
     root, _ = problem
     run_dir = root / "progress"
     shutil.copytree(root / "reference", run_dir)
@@ -125,7 +125,7 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
 
     fresh = driver.Progress(ctx, resumed=False)
     assert fresh.bar.initial == 0
-    fresh.poll(run_dir)  # Ray path: from the checkpoints
+    fresh.poll(ctx.run_dir)  # Ray path: from the checkpoints
     assert fresh.bar.n == 6 * NUM_DRAWS - 2 * 10
     fresh.close()
 

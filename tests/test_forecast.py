@@ -12,8 +12,10 @@ import pytest
 import xarray as xr
 
 import sampler
-from sampler import diagnostics, forecast as fc
-from sampler.model import LEAVES, store_name
+from sampler.analysis import diagnostics
+from sampler.analysis import forecast as fc
+from sampler.core import predictive
+from sampler.core.leaves import LEAVES, params_from_leaves, store_name
 from tests.conftest import cli, simulate, write_config
 
 PARTS = ("smooth_mean", "smooth_std", "forecast_mean", "forecast_std")
@@ -31,14 +33,14 @@ def per_draw_moments(run_dir, horizon, burn_in=0, thin=1, dataset=None, draws=No
         y = y[:, None]
     N, M, T, _ = y.shape
     datasets = range(N) if dataset is None else [dataset]
-    one = jax.vmap(jax.vmap(fc.smooth_and_forecast, (None, 0, 0, 0)), (0, None, None, None))
+    one = jax.vmap(jax.vmap(predictive.smooth_and_forecast, (None, 0, 0, 0)), (0, None, None, None))
     means, variances = [], []
     for n in datasets:
         leaves = {}
         for leaf in LEAVES:
             v = post[store_name(leaf)].values[:, burn_in:draws:thin, n]  # (C, L, ...)
             leaves[leaf] = jnp.asarray(v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:]))
-        mean, var = one(fc.params_from_leaves(leaves), jnp.asarray(y[n]), jnp.zeros((M, T, 0)),
+        mean, var = one(params_from_leaves(leaves), jnp.asarray(y[n]), jnp.zeros((M, T, 0)),
                         jnp.zeros((M, horizon, 0)))
         means.append(np.asarray(mean))
         variances.append(np.asarray(var))
@@ -153,14 +155,14 @@ def test_cli_forecast_writes_plots(seq_run):
 
 def test_true_log_prob_is_on_the_scale_of_the_stored_lp(seq_run):
     """The lp figure's true line is the model's log joint at the truth, the quantity stored as lp."""
-    from sampler.plots import true_log_prob
-    from sampler.runner import RunContext
+    from sampler.analysis.plots import true_log_prob
+    from sampler.run.runner import RunContext
     ctx = RunContext.from_run_dir(seq_run)
     y = jnp.asarray(ctx.data.emissions[1])
-    truth = fc.params_from_leaves({leaf: jnp.asarray(ctx.data.true_values[leaf][1]) for leaf in LEAVES})
+    truth = params_from_leaves({leaf: jnp.asarray(ctx.data.true_values[leaf][1]) for leaf in LEAVES})
     assert true_log_prob(ctx, 1) == pytest.approx(float(ctx.model.log_joint(truth, y)), rel=1e-12)
     tree = sampler.open_run(seq_run)
-    draw = fc.params_from_leaves({leaf: jnp.asarray(tree["posterior"][store_name(leaf)].values[1, 3, 1])
+    draw = params_from_leaves({leaf: jnp.asarray(tree["posterior"][store_name(leaf)].values[1, 3, 1])
                                   for leaf in LEAVES})
     stored = float(tree["sample_stats"]["lp"].values[1, 3, 1])
     assert float(ctx.model.log_joint(draw, y)) == pytest.approx(stored, rel=1e-9)
@@ -197,7 +199,7 @@ def test_per_draw_smoothing_and_forecast_equal_dynamax(input_dim, form):
     u = jax.random.normal(jax.random.PRNGKey(1), (T + H, input_dim))
     _, y = m.sample(params, jax.random.PRNGKey(2), T + H, inputs=u)
     y, u, fu = y[:T], u[:T], u[T:]
-    mean, var = fc.smooth_and_forecast(params, y, u, fu, form=form, partial_missing=False)
+    mean, var = predictive.smooth_and_forecast(params, y, u, fu, form=form, partial_missing=False)
     close = lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
     post = lgssm_smoother(params, y, u)
     Hw, d, Dw, R = params.emissions.weights, params.emissions.bias, params.emissions.input_weights, params.emissions.cov
@@ -219,7 +221,8 @@ def test_per_draw_smoothing_and_forecast_equal_dynamax(input_dim, form):
 @pytest.fixture
 def input_run_dir(tmp_path):
     """A prepared (not yet sampled) run dir of a model with inputs."""
-    from sampler import config, runner
+    from sampler.run import runner
+    from sampler.storage import config
     data = simulate(2, input_dim=1, T=20)
     np.savez(tmp_path / "d.npz", **data)
     cfg = config.load(write_config(tmp_path / "c.toml", "d.npz", model={"state_dim": 1, "emission_dim": 2,
@@ -322,7 +325,7 @@ def test_seed_forecast_matches_dynamax_blocked_gibbs(tmp_path):
         init, _ = m.initialize(jr.PRNGKey(100 + c))
         draws = m.fit_blocked_gibbs(jr.PRNGKey(c), init, 3000, jnp.asarray(y))
         draws = jax.tree.map(lambda x: x[1000:], draws)
-        one = lambda p: fc.smooth_and_forecast(p, jnp.asarray(y), jnp.zeros((100, 0)), jnp.zeros((horizon, 0)))
+        one = lambda p: predictive.smooth_and_forecast(p, jnp.asarray(y), jnp.zeros((100, 0)), jnp.zeros((horizon, 0)))
         chains.append(jax.lax.map(one, draws, batch_size=250))
     ref = combined_with_se(np.stack([np.asarray(c[0]) for c in chains]),
                            np.stack([np.asarray(c[1]) for c in chains]))

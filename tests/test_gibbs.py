@@ -42,8 +42,8 @@ def test_gibbs_agrees_with_nuts_and_chees_on_identified_quantities(tmp_path):
 
 
 def test_latent_space_moves_leave_the_likelihood_unchanged():
-    from sampler import gibbs, kalman
-    from sampler.model import Model
+    from sampler.core import gibbs, kalman
+    from sampler.core.model import Model
     model = Model(2, 4, input_dim=1)
     params = model.initial_params(jax.random.PRNGKey(0), {})
     params = params._replace(dynamics=params.dynamics._replace(bias=jnp.array([0.1, -0.2]),

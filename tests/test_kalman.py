@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM, lgssm_filter
 
-from sampler.kalman import kalman_filter, marginal_log_prob
+from sampler.core.kalman import kalman_filter, marginal_log_prob
 
 CASES = [(2, 10, 0, 100), (3, 2, 1, 50), (2, 2, 0, 60), (1, 3, 2, 40), (4, 4, 0, 30), (5, 8, 1, 25)]
 

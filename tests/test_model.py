@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from dynamax.parameters import from_unconstrained, log_det_jac_constrain, to_unconstrained
 
-from sampler.model import LEAVES, Model, get_leaf
+from sampler.core.leaves import LEAVES, get_leaf
+from sampler.core.model import Model
 
 
 def seed_logprob(model: Model, params, props, emissions):

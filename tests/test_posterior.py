@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import sampler
-from sampler.model import LEAVES, Model, get_leaf, set_leaf, store_name
+from sampler.core.leaves import LEAVES, get_leaf, set_leaf, store_name
+from sampler.core.model import Model
 from tests.conftest import simulate, write_config
 
 

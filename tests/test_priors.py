@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from dynamax.utils.distributions import InverseWishart
 
-from sampler import priors
-from sampler.model import Model
+from sampler.core import priors
+from sampler.core.model import Model
 
 
 @pytest.mark.parametrize("S,D,U", [(2, 10, 0), (3, 2, 1)])

@@ -20,7 +20,7 @@ jax.config.update("jax_enable_x64", True)
 from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM  # noqa: E402
 from dynamax.utils.utils import random_rotation  # noqa: E402
 
-from sampler.model import LEAVES, get_leaf, store_name  # noqa: E402
+from sampler.core.leaves import LEAVES, get_leaf, store_name  # noqa: E402
 
 
 def main(out: Path, num_batch: int) -> None:

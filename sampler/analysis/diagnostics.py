@@ -12,7 +12,6 @@ one identified leaf, the emission covariance R; ``all_leaves=True`` adds every f
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ import zarr
 from scipy import special
 from scipy.fft import next_fast_len
 
-from sampler import driver
-from sampler.runner import RUN_FILE, STORE
+from sampler.core.leaves import LEAVES, is_covariance, scalar_entries, store_name
+from sampler.storage.rundir import RunDir
 
 INVARIANT = ("emissions_cov",)
 RHAT_OK, ESS_OK = 1.01, 400.0
@@ -148,13 +147,12 @@ def rank_diagnostics(x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # --- the run -----------------------------------------------------------------------------------------
 def _entries(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Flat indices of a draw's entries to diagnose: the lower triangle of covariance matrices (their
-    upper triangle is the same numbers), every entry otherwise."""
-    size = int(np.prod(shape, dtype=int))
-    if name.endswith("_cov") and len(shape) == 2 and shape[0] == shape[1]:
-        i, j = np.tril_indices(shape[0])
-        return np.ravel_multi_index((i, j), shape)
-    return np.arange(size)
+    """Flat indices of a draw's distinct entries (``sampler.core.leaves.scalar_entries``: the lower
+    triangle of a covariance), every entry of anything else (``lp``)."""
+    leaf = name.replace("_", ".", 1)
+    if not is_covariance(leaf):
+        return np.arange(int(np.prod(shape, dtype=int)))
+    return np.ravel_multi_index(tuple(np.array(scalar_entries(leaf, shape)).T), shape)
 
 
 def _load(arrays: dict, draws: int, a: int, b: int) -> np.ndarray:
@@ -194,9 +192,9 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
     Returns {"datasets": [{dataset, draws, max_rhat, min_ess_bulk, min_ess_tail, divergences,
     acceptance_rate, step_size}], "aggregate": {...}, "quantities": [...], "algorithm": ...}.
     """
-    run_dir = Path(run_dir)
-    info = json.loads((run_dir / RUN_FILE).read_text())
-    root = zarr.open_group(str(run_dir / STORE), mode="r")
+    rd = RunDir(run_dir)
+    info = rd.info()
+    root = zarr.open_group(str(rd.store), mode="r")
     posterior, stats_group = root["posterior"], root["sample_stats"]
     frozen = set(root.attrs.get("frozen", []))
     names = [v for v in sorted(posterior.array_keys(), key=_leaf_order) if posterior[v].size > 0
@@ -207,7 +205,7 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
     chains = stats_group["lp"].shape[0]
     per_dataset_draw = 8 * chains * sum(_entries(k, a.shape[3:]).size for k, a in arrays.items())
     rows = []
-    for prog in driver.shard_progress(run_dir):
+    for prog in rd.shard_progress():
         a, b = prog["datasets"]
         n_draws = prog["draws_done"]
         if n_draws < 4:
@@ -239,7 +237,6 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
 
 
 def _leaf_order(name: str) -> int:
-    from sampler.model import LEAVES, store_name
     order = [store_name(leaf) for leaf in LEAVES]
     return order.index(name) if name in order else len(order)
 

@@ -1,7 +1,7 @@
 """Blocked Gibbs sampler for the conjugate LG-SSM (one chain; the engine vmaps it).
 
 One sweep: (1) draw the latent states of every sequence by forward filtering, backward sampling
-(FFBS through ``sampler.kalman``); (2) draw missing emission entries from their conditional given the
+(FFBS through ``sampler.core.kalman``); (2) draw missing emission entries from their conditional given the
 states (data augmentation, so the emission block stays conjugate); (3) draw each parameter block from
 its conjugate conditional: (m0, S0) ~ NIW, ([F, B, b], Q) ~ MNIW, ([H, D, d], R) ~ MNIW, with dynamax's
 priors; (4) Metropolis moves along the directions the likelihood cannot see (a change of latent
@@ -23,9 +23,10 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler import kalman, priors
-from sampler.priors import sample_inverse_wishart
-from sampler.model import Model
+from sampler.core import priors
+from sampler.core.kalman import kalman_filter, observed_noise, small_cholesky, small_matmul, small_solve_lower
+from sampler.core.model import Model
+from sampler.core.priors import sample_inverse_wishart
 
 
 def _sym(A):
@@ -33,8 +34,8 @@ def _sym(A):
 
 
 def _mvn(key, mean, cov):
-    L = kalman.small_cholesky(_sym(cov) + 1e-12 * jnp.eye(cov.shape[-1], dtype=cov.dtype))
-    return mean + kalman.small_matmul(L, jax.random.normal(key, mean.shape, mean.dtype))
+    L = small_cholesky(_sym(cov) + 1e-12 * jnp.eye(cov.shape[-1], dtype=cov.dtype))
+    return mean + small_matmul(L, jax.random.normal(key, mean.shape, mean.dtype))
 
 
 def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
@@ -45,25 +46,24 @@ def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
 def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
     """One draw of x_{1:T} ~ p(x | y, params) for one sequence.  emissions (T, D) -> states (T, S)."""
     T = emissions.shape[0]
-    form = "auto" if model.kalman_form == "dynamax" else model.kalman_form
-    _, means, covs = kalman.kalman_filter(params, emissions, inputs, form=form,
-                                          partial_missing=model.partial_missing)
+    _, means, covs = kalman_filter(params, emissions, inputs, form=model.moments_form,
+                                   partial_missing=model.partial_missing)
     u = _inputs_or_zeros(params, T, inputs)
     F, Q = params.dynamics.weights, params.dynamics.cov
     B, b = params.dynamics.input_weights, params.dynamics.bias
     keys = jax.random.split(key, T)
     x_last = _mvn(keys[-1], means[-1], covs[-1])
 
-    mm = kalman.small_matmul
+    mm = small_matmul
 
     def back(x_next, xs):
         # x_t | x_{t+1} ~ N(m + G r, P - G P_pred G^T), G = P F^T P_pred^-1, r = x_{t+1} - F m - B u - b;
         # with P_pred = Lp Lp^T and W = Lp^-1 F P: G r = W^T Lp^-1 r and G P_pred G^T = W^T W.
         m, P, u_next, k = xs
         FP = mm(F, P)
-        Lp = kalman.small_cholesky(_sym(mm(FP, F.T) + Q))
-        W = kalman.small_solve_lower(Lp, FP)
-        z = kalman.small_solve_lower(Lp, x_next - mm(F, m) - B @ u_next - b)
+        Lp = small_cholesky(_sym(mm(FP, F.T) + Q))
+        W = small_solve_lower(Lp, FP)
+        z = small_solve_lower(Lp, x_next - mm(F, m) - B @ u_next - b)
         x = _mvn(k, m + mm(W.T, z), P - mm(W.T, W))
         return x, x
 
@@ -85,7 +85,7 @@ def impute_missing(key, params: ParamsLGSSM, emissions, states, inputs=None):
     mean = states @ H.T + u @ Dw.T + d
     noise = jax.random.normal(key, (T, D), emissions.dtype) @ jnp.linalg.cholesky(R).T
     resid = jnp.where(observed, emissions - mean - noise, 0.0)
-    R_obs = kalman._missing_aware_noise(R, observed)  # (T, D, D): R on observed block, I elsewhere
+    R_obs = observed_noise(R, observed)  # (T, D, D): R on observed block, I elsewhere
     w = jnp.linalg.solve(R_obs, resid[..., None])[..., 0]  # zero on missing entries
     return jnp.where(observed, emissions, mean + noise + w @ R.T)
 

@@ -1,6 +1,6 @@
 """Per-shard chain-state checkpoints with orbax.
 
-One ``CheckpointManager`` per shard under ``DIR/checkpoints/shard-XXXXX``; the step number is the
+One ``CheckpointManager`` per shard (``RunDir.checkpoints``); the step number is the
 number of post-warmup draws already in the store (step 0 = warmup finished).  orbax writes each
 checkpoint to a temporary directory and renames it when complete, so a killed save leaves no
 half-written step; a damaged step (unreadable files) is skipped and the previous one restored.
@@ -17,10 +17,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
-
-
-def shard_dir(run_dir: Path, shard: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"shard-{shard:05d}"
 
 
 class ShardCheckpoints:

@@ -41,30 +41,29 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import zarr
 from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from sampler import driver, runner, simulate  # noqa: E402
-from sampler.config import Config  # noqa: E402
-from sampler.errors import UserError  # noqa: E402
-from sampler.files import atomic_write  # noqa: E402
-from sampler.model import LEAVES, Model, set_leaf, store_name  # noqa: E402
-
-SIMULATED = "simulated.npz"
-REPORT = "calibration.json"
-LEVELS = (0.5, 0.8, 0.9, 0.95)
+from sampler.analysis import simulate
+from sampler.analysis.plots import save_figure
+from sampler.analysis.scores import LEVELS
+from sampler.core.leaves import LEAVES, scalar_entries, store_name
+from sampler.core.model import Model
+from sampler.core.precision import configure_jax
+from sampler.core.predictive import log_likelihoods
+from sampler.core.simulation import spectral_radius
+from sampler.errors import UserError
+from sampler.run import driver, runner
+from sampler.storage.config import Config
+from sampler.storage.files import atomic_write
+from sampler.storage.rundir import RunDir
 ALPHA = 0.05
 #: pooled draws kept per dataset when ``thin`` is not given.
 TARGET_DRAWS = 100
@@ -77,13 +76,6 @@ INVARIANT_LEAVES = ("emissions.cov", "emissions.input_weights")
 
 
 # --- test quantities -------------------------------------------------------------------------------------
-def _entries(leaf: str, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Index tuples of a leaf's scalars: lower triangle of covariances, every entry otherwise."""
-    if leaf.endswith(".cov"):
-        return [(i, j) for i in range(shape[0]) for j in range(i + 1)]
-    return [tuple(int(k) for k in idx) for idx in np.ndindex(*shape)]
-
-
 def char_poly(F: np.ndarray) -> np.ndarray:
     """Elementary symmetric polynomials e_1..e_S of F's eigenvalues (e_1 = trace, e_S = det), i.e. the
     characteristic polynomial's coefficients up to sign.  F: (..., S, S) -> (..., S), real."""
@@ -113,7 +105,7 @@ def quantities(model: Model, params: dict[str, np.ndarray]) -> dict[str, tuple[s
         if leaf in frozen or 0 in shape:
             continue
         kind = "invariant" if leaf in invariant else "rotation-dependent"
-        for idx in _entries(leaf, shape):
+        for idx in scalar_entries(leaf, shape):
             out[f"{store_name(leaf)}[{','.join(map(str, idx))}]"] = (kind, params[leaf][(..., *idx)])
     F, H, Q = params["dynamics.weights"], params["emissions.weights"], params["dynamics.cov"]
     if "dynamics.weights" not in frozen:
@@ -122,45 +114,12 @@ def quantities(model: Model, params: dict[str, np.ndarray]) -> dict[str, tuple[s
             for k in range(S):
                 name = "trace(F)" if k == 0 else "det(F)" if k == S - 1 else f"e{k + 1}(F)"
                 out[name] = ("invariant", e[..., k])
-        out["spectral_radius(F)"] = ("invariant", simulate.spectral_radius(F))
+        out["spectral_radius(F)"] = ("invariant", spectral_radius(F))
     if not {"emissions.weights", "dynamics.cov"} <= frozen:
         HQH = np.einsum("...is,...st,...jt->...ij", H, Q, H)
         for i in range(model.emission_dim):
             out[f"HQH'[{i},{i}]"] = ("invariant", HQH[..., i, i])
     return out
-
-
-def log_likelihoods(model: Model, params: dict[str, np.ndarray], emissions: np.ndarray,
-                    inputs: Optional[np.ndarray], chunk: int = 256) -> np.ndarray:
-    """log p(y_n | params_{n, l}) for every dataset n and parameter set l.
-
-    Args:
-        params: dotted leaf -> (N, L, *leaf_shape).
-        emissions: (N, M, T, D) with NaN for missing.  inputs: (N, M, T, U) or None.
-        chunk: datasets per compiled call (the last call is padded: one compilation).
-
-    Returns:
-        (N, L).
-    """
-    template = model.initial_params(jax.random.PRNGKey(0), {})
-
-    def one(leaves, y, u):
-        p = template
-        for leaf, value in leaves.items():
-            p = set_leaf(p, leaf, value)
-        return model.log_likelihood(p, y, u)
-
-    per_draw = jax.vmap(one, in_axes=(0, None, None))
-    fn = jax.jit(jax.vmap(per_draw))
-    N = emissions.shape[0]
-    chunk = min(chunk, N)
-    out = []
-    for a in range(0, N, chunk):
-        idx = np.minimum(np.arange(a, a + chunk), N - 1)
-        sub = {leaf: v[idx] for leaf, v in params.items()}
-        u = None if inputs is None else inputs[idx]
-        out.append(np.asarray(fn(sub, emissions[idx], u))[: min(chunk, N - a)])
-    return np.concatenate(out)
 
 
 def ranks(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -279,13 +238,12 @@ def _run_config(cfg: Config, data_path: Path) -> Config:
 def _prepare(cfg: Config, blob: bytes) -> None:
     """Make ``cfg.run.dir`` a run dir whose data file ``DIR/simulated.npz`` holds ``blob`` (or check
     that an existing one does).  Raises ``UserError`` (writing nothing) on a changed simulation."""
-    run_dir = Path(cfg.run.dir)
-    sim = run_dir / SIMULATED
-    run_file = run_dir / runner.RUN_FILE
-    if run_file.exists():
-        old = json.loads(run_file.read_text())["fingerprint"].get("data.sha256")
+    rd = RunDir(cfg.run.dir)
+    sim = rd.simulated
+    if rd.is_run_dir():
+        old = rd.info()["fingerprint"].get("data.sha256")
         if old != hashlib.sha256(blob).hexdigest():
-            raise UserError(f"{run_dir}: cannot resume: the simulated datasets differ from this run's "
+            raise UserError(f"{rd.path}: cannot resume: the simulated datasets differ from this run's "
                             f"(--num-datasets, --num-timesteps, --seed or the model changed, or not a "
                             f"calibration run dir); use a new --run-dir")
         if not sim.exists() or sim.read_bytes() != blob:
@@ -293,20 +251,20 @@ def _prepare(cfg: Config, blob: bytes) -> None:
         return
     # A new run dir must be empty when the run is created, so the data file is staged outside it and
     # moved in once run.json exists; the saved config names its final place.
-    runner.check_run_dir(run_dir)
+    rd.check_usable()
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / SIMULATED
+        staged = Path(tmp) / sim.name
         staged.write_bytes(blob)
-        ctx = runner.RunContext(_run_config(cfg, staged), run_dir)  # validates; nothing written
+        ctx = runner.RunContext(_run_config(cfg, staged), rd.path)  # validates; nothing written
         ctx.cfg.data.path = str(sim)
-        with runner.run_lock(run_dir):
+        with rd.lock():
             runner.prepare_run_dir(ctx)
             atomic_write(sim, blob)
 
 
 def _posterior(run_dir: Path, thin: Optional[int]) -> tuple[dict[str, np.ndarray], dict]:
     """Thinned posterior draws of every leaf, chains pooled: dotted leaf -> (N, L, *leaf_shape)."""
-    root = zarr.open_group(str(run_dir / runner.STORE), mode="r")
+    root = zarr.open_group(str(RunDir(run_dir).store), mode="r")
     C, K, N = root["sample_stats"]["lp"].shape
     thin = thin or max(1, (C * K) // TARGET_DRAWS)
     keep = np.arange(0, K, thin)
@@ -342,19 +300,17 @@ def calibrate(cfg: Config, *, num_datasets: int, num_timesteps: int = 100, thin:
     cfg.run.dir = str(run_dir)
     if thin is not None and not 1 <= thin <= cfg.sampler.num_draws:
         raise UserError(f"--thin {thin}: must be between 1 and sampler.num_draws ({cfg.sampler.num_draws})")
-    runner.check_run_dir(run_dir)  # before the simulation: a foreign non-empty dir is refused at once
-    use_ray = (cfg.run.workers if workers is None else workers) > 0 or address is not None
-    if use_ray:  # before JAX starts its threads (see driver.execute)
-        from sampler import distributed
-        distributed.start_ray(address, cfg.run.workers if workers is None else workers)
+    rd = RunDir(run_dir)
+    rd.check_usable()  # before the simulation: a foreign non-empty dir is refused at once
+    driver.start_ray_if_requested(cfg.run.workers if workers is None else workers, address)
     arrays, sim_info = simulate.simulate_arrays(cfg, num_datasets=num_datasets, num_timesteps=num_timesteps,
                                                 seed=seed, max_abs_emission=max_abs_emission)
-    cfg = _run_config(cfg, run_dir / SIMULATED)
+    cfg = _run_config(cfg, rd.simulated)
     _prepare(cfg, simulate.npz_bytes(arrays))
     driver.execute(cfg, workers=workers, address=address, progress=progress)
     report = analyse(cfg, arrays, thin=thin, include_rotation_dependent=include_rotation_dependent)
     report["simulation"] = sim_info
-    atomic_write(run_dir / REPORT, json.dumps(report, indent=1))
+    atomic_write(rd.calibration_report, json.dumps(report, indent=1))
     return report
 
 
@@ -362,16 +318,14 @@ def analyse(cfg: Config, arrays: dict[str, np.ndarray], *, thin: Optional[int] =
             include_rotation_dependent: bool = False) -> dict:
     """Ranks, tests, coverage and plots of a finished calibration run (``cfg.run.dir``) whose data
     file holds ``arrays`` (from ``simulate.simulate_arrays``)."""
-    runner.configure_jax(cfg.sampler.dtype)  # the log-likelihoods in the run's precision
+    configure_jax(cfg.sampler.dtype)  # the log-likelihoods in the run's precision
     run_dir = Path(cfg.run.dir)
     frozen = tuple(cfg.model.frozen)
     emissions = arrays["emissions"] if arrays["emissions"].ndim == 4 else arrays["emissions"][:, None]
     inputs = arrays.get("inputs")
     if inputs is not None and inputs.ndim == 3:
         inputs = inputs[:, None]
-    missing = np.isnan(emissions)
-    model = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim, frozen, cfg.model.kalman,
-                  bool(np.any(missing.any(-1) & ~missing.all(-1))), bool(missing.any()))
+    model = Model.from_config(cfg.model, emissions)
     draws, draw_info = _posterior(run_dir, thin)
     truth = {leaf: arrays[f"true_{store_name(leaf)}"] for leaf in LEAVES}
     N, L = next(iter(draws.values())).shape[:2]
@@ -434,16 +388,6 @@ def _panels(n: int):
     return fig, axes.flat
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def _title(ax, row: dict) -> None:
     p = row.get("p_holm", row["p_value"])
     bad = p < ALPHA
@@ -469,7 +413,7 @@ def rank_histograms(path: Path, rows: list[dict], N: int, L: int, title: str) ->
         ax.tick_params(labelsize=8)
         _title(ax, row)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 def ecdf_differences(path: Path, rows: list[dict], N: int, L: int, null: np.ndarray, title: str) -> Path:
@@ -487,7 +431,7 @@ def ecdf_differences(path: Path, rows: list[dict], N: int, L: int, null: np.ndar
         ax.tick_params(labelsize=8)
         _title(ax, row)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 def recovery_plot(path: Path, rows: list[dict], title: str) -> Path:
@@ -505,7 +449,7 @@ def recovery_plot(path: Path, rows: list[dict], title: str) -> Path:
         ax.tick_params(labelsize=8)
         ax.set_title(row["name"] + (" (log)" if row["recovery_scale"] == "log" else ""), fontsize=9)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 def plot_all(plots: Path, rows: list[dict], N: int, L: int, null: np.ndarray) -> list[Path]:
@@ -549,5 +493,6 @@ def format_report(report: dict) -> str:
                      f"{row['p_chi2']:>8.3f}{cov}")
     lines.append(("PASS" if v["passed"] else "FAIL") + f": {v['method']}"
                  + ("" if v["passed"] else f"; non-uniform: {', '.join(v['failing'])}"))
-    lines.append(f"report: {Path(s['run_dir']) / REPORT}; plots: {Path(s['run_dir']) / 'plots'}/calibration_*.png")
+    rd = RunDir(s["run_dir"])
+    lines.append(f"report: {rd.calibration_report}; plots: {rd.plots}/calibration_*.png")
     return "\n".join(lines)

@@ -8,8 +8,7 @@ updates before their first step), sampled in one run (``DIR/run``, the normal en
 With ``data.standardize`` each window is standardised on its own data only (no look-ahead).
 
 Our forecast of a window: for every posterior draw (chains pooled, at most ``MAX_DRAWS`` evenly
-spaced), the Kalman filter to the origin and the H-step predictive moments (``sampler.forecast``'s
-``kalman_filter``/``forecast_states``/``emission_moments``), one Gaussian predictive draw from each:
+spaced), the Kalman filter to the origin and the H-step predictive moments (``sampler.core.predictive.compiled_forecast``), one Gaussian predictive draw from each:
 the posterior predictive sample.  Point forecast = its mean; central intervals = its quantiles;
 CRPS = E|X - y| - E|X - X'|/2 of the sample (exact for the sample's empirical law).
 
@@ -22,6 +21,7 @@ Output: ``DIR/backtest.json`` (atomic) and ``DIR/plots/backtest_scores.png``, ``
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -32,59 +32,28 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional
 
+import matplotlib.pyplot as plt
 import numpy as np
+import zarr
 from scipy import stats
 
-from sampler import data as data_mod
-from sampler.config import Config, DataConfig
+from sampler.analysis.plots import save_figure
+from sampler.analysis.scores import LEVELS, crps_gaussian, crps_sample, summarize
+from sampler.core.leaves import LEAVES, store_name
+from sampler.core.predictive import compiled_forecast
 from sampler.errors import UserError
-from sampler.files import atomic_write
-from sampler.model import LEAVES, Model, store_name
+from sampler.run import driver
+from sampler.run.runner import RunContext
+from sampler.storage import data as data_mod
+from sampler.storage.config import Config, DataConfig
+from sampler.storage.files import atomic_write
+from sampler.storage.rundir import BacktestDir
 
-LEVELS = (0.5, 0.8, 0.9, 0.95)
 #: posterior draws per window used for the predictive sample (evenly spaced over the stored ones).
 MAX_DRAWS = 1000
 #: windows per compiled forecast pass.
 BLOCK = 32
-REPORT = "backtest.json"
 OURS = "sampler"
-
-
-# --- scores ------------------------------------------------------------------------------------------------
-def crps_sample(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """CRPS of the empirical law of ``samples`` (K, ...) at ``y`` (...): E|X - y| - E|X - X'| / 2.
-
-    E|X - X'| over all K^2 ordered pairs of the sample, from the sorted sample:
-    (2 / K^2) sum_i (2i - K - 1) x_(i), i = 1..K.
-    """
-    x = np.sort(samples, axis=0)
-    k = x.shape[0]
-    weights = (2 * np.arange(1, k + 1) - k - 1).reshape((k,) + (1,) * (x.ndim - 1))
-    return np.mean(np.abs(x - y), axis=0) - np.sum(weights * x, axis=0) / k ** 2
-
-
-def crps_gaussian(mean: np.ndarray, std: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """CRPS of N(mean, std^2) at y (Gneiting & Raftery 2007): std [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)]."""
-    z = (y - mean) / std
-    return std * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
-
-
-def summarize(point: np.ndarray, crps: np.ndarray, lower: np.ndarray, upper: np.ndarray, y: np.ndarray,
-              mask: np.ndarray) -> dict:
-    """RMSE, MAE, mean CRPS and interval coverage over the entries where ``mask`` is true.
-
-    Args:
-        point, crps, y, mask: same shape (...).  lower, upper: (len(LEVELS), ...) central interval bounds.
-    """
-    n = int(mask.sum())
-    if n == 0:
-        return {"n": 0}
-    err = (point - y)[mask]
-    inside = ((lower <= y) & (y <= upper))[:, mask]
-    out = {"n": n, "rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
-           "crps": float(np.mean(crps[mask]))}
-    out.update({f"cov{int(round(100 * lv))}": float(np.mean(inside[j])) for j, lv in enumerate(LEVELS)})
-    return out
 
 
 @dataclass
@@ -174,42 +143,21 @@ def _write_windows(path: Path, p: Plan, has_sequences: bool) -> None:
             if set(old.files) == set(arrays) and all(np.array_equal(old[k], v, equal_nan=True)
                                                      for k, v in arrays.items()):
                 return
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 # --- our forecasts -----------------------------------------------------------------------------------------
-def _forecast_fn(form: str, partial_missing: bool):
-    """jit: leaves (K, n, ...) and windows (n, M, L, D), inputs (n, M, L, U), future (n, M, H, U) ->
-    per-draw predictive emission mean and variance, each (K, n, M, H, D)."""
-    import jax
-    from sampler.forecast import emission_moments, forecast_states, params_from_leaves
-    from sampler.kalman import kalman_filter
-
-    def one(params, y, u, fu):
-        _, fm, fP = kalman_filter(params, y, u, form=form, partial_missing=partial_missing)
-        xm, xP = forecast_states(fm[-1], fP[-1], params, fu)
-        return emission_moments(xm, xP, params, fu)
-
-    seqs = jax.vmap(one, in_axes=(None, 0, 0, 0))
-    sets = jax.vmap(seqs, in_axes=(0, 0, 0, 0))
-    draws = jax.vmap(sets, in_axes=(0, None, None, None))
-    return jax.jit(lambda leaves, y, u, fu: draws(params_from_leaves(leaves), y, u, fu))
-
-
-def predictive_samples(run_dir: Path, ctx, future_inputs: np.ndarray, seed: int) -> np.ndarray:
-    """One predictive draw per posterior draw, on the data scale: (K, W, M, H, D)."""
-    import zarr
-    from sampler.runner import STORE
+def predictive_samples(ctx: RunContext, future_inputs: np.ndarray, seed: int) -> np.ndarray:
+    """One predictive draw per posterior draw of the windows' run, on the data scale: (K, W, M, H, D)."""
     data = ctx.data
     W, M, L, D = data.emissions.shape
     inputs = data.inputs if data.inputs is not None else np.zeros((W, M, L, 0))
-    posterior = zarr.open_group(str(run_dir / STORE), mode="r")["posterior"]
+    posterior = zarr.open_group(str(ctx.run_dir.store), mode="r")["posterior"]
     C, S = posterior[store_name(LEAVES[0])].shape[:2]
     keep = np.unique(np.linspace(0, C * S - 1, min(MAX_DRAWS, C * S)).round().astype(int))
-    form = ctx.model.kalman_form if ctx.model.kalman_form in ("information", "covariance") else "auto"
-    fn = _forecast_fn(form, ctx.model.partial_missing)
+    fn = compiled_forecast(ctx.model.predictive_form, ctx.model.partial_missing)
     rng = np.random.default_rng(seed)
     out = np.empty((len(keep), W, M, future_inputs.shape[2], D))
     for a in range(0, W, BLOCK):
@@ -312,27 +260,22 @@ def backtest(cfg: Config, *, horizon: int, origins: int, statsmodels: bool = Tru
     "by_series": {label: {method: scores}}, "failures", "seconds", "machine", "run_dir", "plots"},
     scores = {"n", "rmse", "mae", "crps", "cov50", "cov80", "cov90", "cov95"}.
     """
-    from sampler import driver
-    from sampler.runner import RunContext
     start = time.perf_counter()
     if horizon < 1 or origins < 1:
         raise UserError(f"--horizon {horizon} / --origins {origins}: both must be at least 1")
-    out_dir = Path(cfg.run.dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "windows.npz").exists():
-        raise UserError(f"{out_dir}: exists and is not a backtest dir (no windows.npz); choose an empty or new dir")
+    bd = BacktestDir(cfg.run.dir)
+    bd.check_usable()
     raw_cfg = cfg.model_copy(deep=True)
     raw_cfg.data.standardize = False
-    probe = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim, tuple(cfg.model.frozen),
-                  cfg.model.kalman)
-    raw = data_mod.load(raw_cfg, probe)
+    raw = data_mod.load(raw_cfg)
     p = plan(raw, horizon, origins, cfg.data.min_length, cfg.data.path)
 
     inner = cfg.model_copy(deep=True)
-    inner.data = DataConfig(path=str(out_dir / "windows.npz"), min_length=cfg.data.min_length,
-                                standardize=cfg.data.standardize, scale_by=cfg.data.scale_by)
-    inner.run.dir = str(out_dir / "run")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_windows(out_dir / "windows.npz", p, raw.has_sequences)
+    inner.data = DataConfig(path=str(bd.windows), min_length=cfg.data.min_length,
+                            standardize=cfg.data.standardize, scale_by=cfg.data.scale_by)
+    inner.run.dir = str(bd.run.path)
+    bd.path.mkdir(parents=True, exist_ok=True)
+    _write_windows(bd.windows, p, raw.has_sequences)
     seconds = {}
 
     forecasts = {}
@@ -349,22 +292,22 @@ def backtest(cfg: Config, *, horizon: int, origins: int, statsmodels: bool = Tru
     driver.execute(inner, workers=workers, address=address, progress=True)
     seconds["sampling"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    ctx = RunContext(inner, Path(inner.run.dir))
-    samples = predictive_samples(Path(inner.run.dir), ctx, p.future_inputs, cfg.sampler.seed)
+    ctx = RunContext(inner, bd.run.path)
+    samples = predictive_samples(ctx, p.future_inputs, cfg.sampler.seed)
     forecasts = {OURS: Forecasts.sample(samples, p.truth), **forecasts}
     seconds["forecast_and_score"] = round(time.perf_counter() - t0, 1)
 
     report = score(p, forecasts, horizon, origins)
-    report.update({"failures": failures, "run_dir": str(out_dir), "draws_per_window": int(samples.shape[0]),
+    report.update({"failures": failures, "run_dir": str(bd.path), "draws_per_window": int(samples.shape[0]),
                    "config": {"state_dim": cfg.model.state_dim, "emission_dim": cfg.model.emission_dim,
                               "standardize": cfg.data.standardize, "scale_by": cfg.data.scale_by,
                               "algorithm": cfg.resolved_algorithm(), "num_chains": cfg.sampler.num_chains,
                               "num_warmup": cfg.sampler.num_warmup, "num_draws": cfg.sampler.num_draws}})
-    report["plots"] = [str(x) for x in _plots(out_dir / "plots", p, forecasts, report, samples)]
+    report["plots"] = [str(x) for x in _plots(bd.plots, p, forecasts, report, samples)]
     seconds["total"] = round(time.perf_counter() - start, 1)
     report["seconds"] = seconds
     report["machine"] = f"{os.cpu_count()} CPU cores"
-    atomic_write(out_dir / REPORT, json.dumps(report, indent=1))
+    atomic_write(bd.report, json.dumps(report, indent=1))
     return report
 
 
@@ -400,10 +343,6 @@ def _plots(plot_dir: Path, p: Plan, forecasts: dict[str, Forecasts], report: dic
     """``backtest_scores.png`` (CRPS by horizon; coverage against nominal) and ``backtest_series.png``
     (up to four series at their last origin: history, held-out values, our median and 50/90% bands,
     statsmodels' forecasts)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    plot_dir.mkdir(parents=True, exist_ok=True)
     H = report["horizon"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for name in forecasts:
@@ -416,10 +355,7 @@ def _plots(plot_dir: Path, p: Plan, forecasts: dict[str, Forecasts], report: dic
     for a in (a1, a2):
         a.legend(fontsize=8)
         a.grid(alpha=0.3)
-    fig.tight_layout()
-    paths = [plot_dir / "backtest_scores.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
+    paths = [save_figure(fig, plot_dir / "backtest_scores.png")]
 
     K = report["origins"]
     n_show = min(4, len(p.labels))
@@ -445,10 +381,7 @@ def _plots(plot_dir: Path, p: Plan, forecasts: dict[str, Forecasts], report: dic
         ax.set_title(f"series {p.labels[i]!s}, origin {p.times[o]!s}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    paths.append(plot_dir / "backtest_series.png")
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, plot_dir / "backtest_series.png"))
     return paths
 
 
@@ -469,6 +402,6 @@ def format_report(report: dict) -> str:
         hard = [f for f in report["failures"] if not f["error"].startswith("converged=False")]
         lines.append(f"statsmodels: {len(hard)} failed fits, {len(report['failures']) - len(hard)} "
                      f"not converged (kept); see failures in backtest.json")
-    lines.append(f"report: {Path(report['run_dir']) / REPORT}; plots: {', '.join(report['plots'])}")
+    lines.append(f"report: {BacktestDir(report['run_dir']).report}; plots: {', '.join(report['plots'])}")
     lines.append(f"seconds: {report['seconds']}")
     return "\n".join(lines)

@@ -1,27 +1,18 @@
 """The driver: validates, prepares the run dir, and runs every shard in-process or on Ray actors."""
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Optional
 
 from tqdm import tqdm
 
-from sampler import runner
-from sampler.config import Config
-from sampler.runner import RunContext, Shard
+from sampler.run import runner
+from sampler.run.runner import RunContext
+from sampler.storage.config import Config
+from sampler.storage.rundir import RunDir
 
 log = logging.getLogger(__name__)
-EVENTS = "events.jsonl"
-
-
-def record_event(run_dir: Path, **event) -> None:
-    """Append one JSON line to ``DIR/events.jsonl`` (shard failures and retries, for ``sampler status``)."""
-    event["time"] = time.time()
-    with open(Path(run_dir) / EVENTS, "a") as f:
-        f.write(json.dumps(event) + "\n")
 
 
 class Progress:
@@ -36,7 +27,7 @@ class Progress:
         self.sizes = {s.index: s.stop - s.start for s in ctx.shards}
         self.done = {i: 0 for i in self.sizes}
         if resumed:
-            self.done.update({p["shard"]: p["draws_done"] for p in shard_progress(ctx.run_dir)})
+            self.done.update({p["shard"]: p["draws_done"] for p in ctx.run_dir.shard_progress()})
         cfg = ctx.cfg
         self.bar = tqdm(total=cfg.sampler.num_draws * ctx.data.num_datasets,
                         initial=sum(d * self.sizes[i] for i, d in self.done.items()),
@@ -50,9 +41,9 @@ class Progress:
             self.bar.update((draws_done - self.done[index]) * self.sizes[index])
             self.done[index] = draws_done
 
-    def poll(self, run_dir: Path) -> None:
+    def poll(self, run_dir: RunDir) -> None:
         """Update every shard from its checkpoints (used while Ray workers run the shards)."""
-        for p in shard_progress(run_dir):
+        for p in run_dir.shard_progress():
             self.set_shard(p["shard"], p["draws_done"])
 
     def close(self) -> None:
@@ -72,6 +63,17 @@ def _run_in_process(ctx: RunContext, progress: Progress) -> None:
         runner.run_shard(ctx, shard, on_draws=on_draws)
 
 
+def start_ray_if_requested(workers: int, address: Optional[str]) -> bool:
+    """Start or join Ray when the run uses actors (``workers > 0`` or an ``address``); returns whether
+    it does.  Call before JAX starts its threads: Ray forks helper processes."""
+    if workers <= 0 and address is None:
+        return False
+    # imported here, not at the top: importing Ray costs seconds, and in-process runs never need it
+    from sampler.run import distributed
+    distributed.start_ray(address, workers)
+    return True
+
+
 def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str] = None,
             progress: bool = True) -> Path:
     """Sample every dataset of ``cfg`` (resuming an existing run dir).  Returns the run dir.
@@ -79,45 +81,36 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
     ``workers = 0`` and no ``address``: in this process; otherwise on that many Ray actors (at least
     one), on an embedded local Ray or the cluster at ``address``.
     """
-    run_dir = Path(cfg.run.dir)
     workers = cfg.run.workers if workers is None else workers
-    use_ray = workers > 0 or address is not None
-    if use_ray:  # before JAX starts its threads: Ray forks helper processes
-        from sampler import distributed
-        distributed.start_ray(address, workers)
-    ctx = RunContext(cfg, run_dir)          # validates config and data: nothing written yet
-    runner.check_run_dir(run_dir)
-    with runner.run_lock(run_dir):
+    use_ray = start_ray_if_requested(workers, address)
+    ctx = RunContext(cfg, Path(cfg.run.dir))   # validates config and data: nothing written yet
+    run_dir = ctx.run_dir
+    run_dir.check_usable()
+    with run_dir.lock():
         resumed = runner.prepare_run_dir(ctx)
         tracker = Progress(ctx, resumed, enabled=progress)
         try:
             if use_ray:
+                from sampler.run import distributed
                 distributed.run_shards(ctx, max(workers, 1), tracker)
             else:
                 _run_in_process(ctx, tracker)
         finally:
             tracker.close()
-    return run_dir
+    return run_dir.path
 
 
-def shard_progress(run_dir: Path) -> list[dict]:
-    """Per shard: draws done, checkpoint steps, failures (from checkpoints and the event log)."""
-    run_dir = Path(run_dir)
-    info = json.loads((run_dir / runner.RUN_FILE).read_text())
-    failures: dict[int, int] = {}
-    events = run_dir / EVENTS
-    if events.exists():
-        for line in events.read_text().splitlines():
-            ev = json.loads(line)
-            if ev.get("kind") == "shard_failed":
-                failures[ev["shard"]] = failures.get(ev["shard"], 0) + 1
-    out = []
-    for s in info["shards"]:
-        shard = Shard(**s)
-        cdir = run_dir / "checkpoints" / f"shard-{shard.index:05d}"
-        steps = sorted(int(p.name) for p in cdir.iterdir() if p.name.isdigit()) if cdir.exists() else []
-        out.append({"shard": shard.index, "datasets": [shard.start, shard.stop],
-                    "warmup_done": bool(steps), "draws_done": steps[-1] if steps else 0,
-                    "checkpoints": steps, "failures": failures.get(shard.index, 0)})
-    return out
-
+def format_status(run_dir: RunDir) -> str:
+    """``sampler status``: one row per shard (datasets, warmup, draws done of the total, checkpoint
+    steps, failures) and how many shards are complete."""
+    rows = run_dir.shard_progress()
+    total = run_dir.config().sampler.num_draws
+    lines = [f"{'shard':>5} {'datasets':>15} {'warmup':>6} {'draws':>13} {'checkpoints':>20} {'failures':>8}"]
+    for r in rows:
+        a, b = r["datasets"]
+        lines.append(f"{r['shard']:>5} {f'{a}-{b - 1}':>15} {'done' if r['warmup_done'] else '-':>6} "
+                     f"{r['draws_done']:>6}/{total:<6} {','.join(map(str, r['checkpoints'])) or '-':>20} "
+                     f"{r['failures']:>8}")
+    done = sum(r["draws_done"] == total for r in rows)
+    lines.append(f"{done} of {len(rows)} shards complete")
+    return "\n".join(lines)

@@ -8,7 +8,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sampler.errors import UserError
-from sampler.model import LEAVES, store_name
+from sampler.core.leaves import LEAVES, store_name
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -104,8 +105,8 @@ class Config(_Section):
 
     def resolved_algorithm(self) -> str:
         """The kernel that ``algorithm = "auto"`` stands for: blocked Gibbs, since every leaf of this
-        model has a conjugate conditional (with or without frozen leaves); measured to give far more
-        effective draws per second than NUTS or HMC on the LG-SSM (see README)."""
+        model has a conjugate conditional (with or without frozen leaves), so it needs no tuning and
+        no gradients (its speed against NUTS and ChEES: docs/performance.md)."""
         return "gibbs" if self.sampler.algorithm == "auto" else self.sampler.algorithm
 
 
@@ -127,19 +128,28 @@ def _parse_value(text: str):
         return text
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``KEY=VALUE`` overrides (dotted keys, TOML values; bare words are strings)."""
+def set_dotted(raw: dict, key: str, value, sep: str = ".") -> dict:
+    """Set ``raw[a][b]... = value`` for the key ``a<sep>b<sep>...``, creating tables on the way."""
+    *parents, leaf = key.strip().split(sep)
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a table")
+    node[leaf] = value
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str] = (), settings: Optional[dict] = None) -> dict:
+    """Apply ``KEY=VALUE`` overrides (``--set``: dotted keys, TOML values, bare words are strings) and
+    ``settings`` (the Python API's ``**overrides``: Python values, ``__`` for the dots)."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. sampler.num_draws=200")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {item!r}: {part} is not a table")
-        node[parts[-1]] = _parse_value(value.strip())
+        set_dotted(raw, key, _parse_value(value.strip()))
+    for key, value in (settings or {}).items():
+        set_dotted(raw, key, value, sep="__")
     return raw
 
 
@@ -185,13 +195,7 @@ def load(path, overrides: Optional[list[str]] = None, **settings) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML: {err}") from None
-    apply_overrides(raw, list(overrides or []))
-    for key, value in settings.items():
-        *parents, leaf = key.split("__")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    apply_overrides(raw, list(overrides or []), settings)
     return from_dict(raw, str(path), path.parent.resolve())
 
 

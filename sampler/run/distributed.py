@@ -11,10 +11,11 @@ from typing import Optional
 
 import ray
 
-from sampler import driver, runner
-from sampler.config import Config
 from sampler.errors import UserError
-from sampler.runner import RunContext, Shard
+from sampler.run import runner
+from sampler.run.runner import RunContext
+from sampler.storage.config import Config
+from sampler.storage.rundir import Shard
 
 log = logging.getLogger(__name__)
 MAX_SHARD_RETRIES = 3
@@ -74,12 +75,12 @@ def worker_gpus() -> float:
 def _new_worker(ctx: RunContext, gpus: float):
     """A fresh actor with one CPU and ``gpus`` GPUs, never restarted by Ray (the queue replaces it and
     re-queues its shard)."""
-    return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir))
+    return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir.path))
 
 
-def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> None:
+def run_shards(ctx: RunContext, workers: int, progress) -> None:
     """Run every shard of ``ctx`` on ``workers`` Ray actors (Ray already started), updating
-    ``progress`` from the shards' checkpoints.
+    ``progress`` (the driver's ``Progress``) from the shards' checkpoints.
 
     A worker that dies (process killed, node lost) is replaced by a new actor and its shard goes back
     to the front of the queue; the shard resumes from its last checkpoint.  Each failure is appended
@@ -109,8 +110,8 @@ def run_shards(ctx: RunContext, workers: int, progress: "driver.Progress") -> No
                 idle.append(worker)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                 retries[shard.index] = retries.get(shard.index, 0) + 1
-                resume_from = driver.shard_progress(run_dir)[shard.index]["draws_done"]
-                driver.record_event(run_dir, kind="shard_failed", shard=shard.index, error=type(err).__name__,
+                resume_from = run_dir.shard_progress()[shard.index]["draws_done"]
+                run_dir.record_event(kind="shard_failed", shard=shard.index, error=type(err).__name__,
                                     retry=retries[shard.index], resume_from=resume_from)
                 if retries[shard.index] > MAX_SHARD_RETRIES:
                     raise RuntimeError(f"shard {shard.index} failed {retries[shard.index]} times; giving up") from err

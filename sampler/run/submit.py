@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Optional
 
 from sampler.errors import UserError
+from sampler.run.distributed import GPUS_ENV
+from sampler.run.runner import RunContext
+from sampler.storage import config
+
+#: the ``sampler`` package directory, shipped to the cluster as a ``py_module``
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def _validate(config_path, overrides: list[str], run_dir: Optional[str]):
     """The resolved config (its run dir replaced by ``run_dir``), after loading and checking its data
     as ``sampler run`` would.  Raises ``UserError``."""
-    from sampler import config
-    from sampler.runner import RunContext
     if run_dir is not None:
         if not Path(run_dir).is_absolute():
             raise UserError(f"--run-dir {run_dir}: must be an absolute path on the cluster's shared filesystem")
@@ -97,8 +101,6 @@ def submit(config_path, *, address: str, overrides: list[str], run_dir: Optional
     to stderr how to follow the job.  With ``wait``, streams the job's logs to stderr until it ends
     and exits with status 1 (``SystemExit``) unless it succeeded.  Returns the job's submission id.
     """
-    from sampler import config
-    from sampler.distributed import GPUS_ENV
     cfg = _validate(config_path, list(overrides), run_dir)
     client, token = _client(address)
     command = ["python", "-m", "sampler", "run", "config.toml", "--run-dir", cfg.run.dir]
@@ -106,7 +108,7 @@ def submit(config_path, *, address: str, overrides: list[str], run_dir: Optional
         command += ["--workers", str(workers)]
     with tempfile.TemporaryDirectory(prefix="sampler-submit-") as staging:
         (Path(staging) / "config.toml").write_text(config.to_toml(cfg))
-        runtime_env = {"working_dir": staging, "py_modules": [str(Path(__file__).resolve().parent)],
+        runtime_env = {"working_dir": staging, "py_modules": [str(_PACKAGE)],
                        "excludes": ["__pycache__", "*.pyc"]}
         if GPUS_ENV in os.environ:  # GPUs per worker on an autoscaling cluster (see sampler.distributed)
             runtime_env["env_vars"] = {GPUS_ENV: os.environ[GPUS_ENV]}

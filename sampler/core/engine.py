@@ -17,9 +17,9 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler import kernels
-from sampler.kernels import ChainState, StepStats, Tuning
-from sampler.model import Model
+from sampler.core import kernels
+from sampler.core.kernels import ChainState, StepStats, Tuning
+from sampler.core.model import Model
 
 # Stream tags under each chain key.
 _INIT, _WARMUP, _DRAW = 0, 1, 2
@@ -67,20 +67,15 @@ def _initial_position(model: Model, key, emissions, init_values):
     return anchor, model.to_position(anchor)
 
 
-def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
-              key, emissions, inputs, init_values):
+def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, key, emissions, inputs, init_values):
     """One chain: initial values, then its own warmup."""
     anchor, position = _initial_position(model, key, emissions, init_values)
     target = kernels.Target(model, anchor, emissions, inputs)
-    if num_warmup > 0:
-        state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, target, num_warmup)
-    else:
-        state, tuning = kernels.init_state(position, target), kernels.untuned(position, initial_step_size)
+    state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, target, num_warmup)
     return Chains(state, tuning, anchor)
 
 
-def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
-                  keys, emissions, inputs, init_values):
+def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, keys, emissions, inputs, init_values):
     """The C chains of one dataset (leading axis C on every argument), adapted together.
 
     The warmup's randomness comes from chain 0's key; the target uses chain 0's anchor, whose frozen
@@ -89,11 +84,7 @@ def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, initial
     anchors, positions = jax.vmap(partial(_initial_position, model))(keys, emissions, init_values)
     first = lambda tree: jax.tree.map(lambda x: x[0], tree)
     target = kernels.Target(model, first(anchors), emissions[0], None if inputs is None else inputs[0])
-    if num_warmup > 0:
-        states, tuning = kernel.warmup(jax.random.fold_in(keys[0], _WARMUP), positions, target, num_warmup)
-    else:
-        states = jax.vmap(lambda q: kernels.init_state(q, target))(positions)
-        tuning = kernels.untuned(positions[0], initial_step_size)
+    states, tuning = kernel.warmup(jax.random.fold_in(keys[0], _WARMUP), positions, target, num_warmup)
     tuning = jax.tree.map(lambda x: jnp.broadcast_to(x, (keys.shape[0],) + x.shape), tuning)
     return Chains(states, tuning, anchors)
 
@@ -131,16 +122,15 @@ def _split_over_devices(fn, num_batched: int, num_replicated: int):
 
 
 @lru_cache(maxsize=None)
-def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, initial_step_size: float,
-                 num_chains: int):
+def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, num_chains: int):
     """Compiled ``(keys, emissions, inputs, init_values) -> Chains``: initial values + warmup.
 
     A cross-chain kernel adapts each dataset's ``num_chains`` consecutive rows together, so every
     device's part of B must hold whole datasets (``pad_to_devices(..., group=num_chains)``).
     """
     if not kernel.cross_chain:
-        return _split_over_devices(jax.vmap(partial(_init_one, model, kernel, num_warmup, initial_step_size)), 4, 0)
-    per_dataset = jax.vmap(partial(_init_dataset, model, kernel, num_warmup, initial_step_size))
+        return _split_over_devices(jax.vmap(partial(_init_one, model, kernel, num_warmup)), 4, 0)
+    per_dataset = jax.vmap(partial(_init_dataset, model, kernel, num_warmup))
 
     def grouped(*args):
         by_dataset = lambda x: x.reshape((x.shape[0] // num_chains, num_chains) + x.shape[1:])

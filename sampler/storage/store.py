@@ -16,7 +16,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
-from sampler.model import LEAVES, Model, store_name
+from sampler.core.leaves import LEAVES, TABLE, store_name
+from sampler.core.model import Model
 
 STATS = {  # name -> dtype
     "lp": "float64", "acceptance_rate": "float64", "diverging": "bool",
@@ -25,20 +26,8 @@ STATS = {  # name -> dtype
 _FILL = {"float64": np.nan, "float32": np.nan, "bool": False, "int32": -1}
 
 
-def leaf_dims(leaf: str) -> tuple[str, ...]:
-    """Dimension names of a leaf's own axes."""
-    return {
-        "initial.mean": ("state",), "initial.cov": ("state", "state_col"),
-        "dynamics.weights": ("state", "state_col"), "dynamics.bias": ("state",),
-        "dynamics.input_weights": ("state", "input"), "dynamics.cov": ("state", "state_col"),
-        "emissions.weights": ("emission", "state_col"), "emissions.bias": ("emission",),
-        "emissions.input_weights": ("emission", "input"), "emissions.cov": ("emission", "emission_col"),
-    }[leaf]
-
-
-#: zstd level 1: the same size as zarr's default (level 3) on posterior draws (1.5x smaller than
-#: raw; the symmetric covariance leaves repeat half their values) in ~55% of the time (92 vs 169 ms
-#: per 12.8 MB block of R on the 2-core CPU); blosc with shuffle was faster but compressed 1.07x.
+#: zstd at level 1: posterior draws compress as well as at zarr's default level 3 (the symmetric
+#: covariance leaves repeat half their values) in about half the time (docs/performance.md).
 _COMPRESSOR = ZstdCodec(level=1)
 
 
@@ -62,7 +51,7 @@ def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_dat
     for leaf in LEAVES:
         shape = model.leaf_shape(leaf)
         _create(posterior, store_name(leaf), lead + shape, lead_chunks + shape, "float64",
-                lead_dims + leaf_dims(leaf))
+                lead_dims + TABLE[leaf].dims)
     stats = root.create_group("sample_stats")
     for name, dtype in STATS.items():
         _create(stats, name, lead, lead_chunks, dtype, lead_dims)

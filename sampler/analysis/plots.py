@@ -9,17 +9,24 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+import jax.numpy as jnp
 import matplotlib
+import numpy as np
+import zarr
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # files only, never a display; before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from sampler.data import to_data_scale  # noqa: E402
+from sampler.analysis import diagnostics  # noqa: E402
+from sampler.core.leaves import LEAVES, params_from_leaves  # noqa: E402
+from sampler.run.runner import RunContext  # noqa: E402
+from sampler.storage.data import to_data_scale  # noqa: E402
+from sampler.storage.rundir import RunDir  # noqa: E402
 
 #: emission dimensions drawn in a forecast figure, and sequences of a dataset drawn.
 MAX_DIMS, MAX_SEQUENCES = 10, 4
@@ -69,7 +76,7 @@ def emissions_and_forecast(path: Path, observed, smooth_mean, smooth_std, foreca
     ax.legend(loc="upper left")
     ax.grid(True)
     ax.set_title(title + (f" (dims 0-{dims - 1} of {D})" if dims < D else ""))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def lp_trace(path: Path, lp, true_lp: Optional[float] = None, title: str = "") -> Path:
@@ -83,7 +90,7 @@ def lp_trace(path: Path, lp, true_lp: Optional[float] = None, title: str = "") -
     ax.set_ylabel("log probability")
     ax.legend()
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def diagnostics_overview(path: Path, summary: dict) -> Path:
@@ -113,24 +120,24 @@ def diagnostics_overview(path: Path, summary: dict) -> Path:
     fig.suptitle(f"{agg['passing']} of {agg['datasets']} datasets pass (R-hat < {agg['rhat_threshold']}, "
                  f"bulk ESS > {agg['ess_threshold']:.0f}); {agg['with_divergences']} with divergences; "
                  f"over {', '.join(summary['quantities'])}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write atomically (a temporary file renamed into place) and close a figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
 def true_log_prob(ctx, dataset: int) -> Optional[float]:
     """log prior + log likelihood at the data file's true parameters of one dataset, or None when the
     file does not hold ``true_<leaf>`` for every leaf."""
-    import jax.numpy as jnp
-    from sampler.forecast import params_from_leaves
-    from sampler.model import LEAVES
     truth = ctx.data.true_values
     if any(leaf not in truth for leaf in LEAVES):
         return None
@@ -142,22 +149,19 @@ def true_log_prob(ctx, dataset: int) -> Optional[float]:
 def plot_run(run_dir: Path, datasets: Sequence[int], ctx=None) -> list[Path]:
     """Write the diagnostics overview and, for each of ``datasets``, the forecast and lp figures.
 
-    Reads group ``forecast`` (written by ``sampler.forecast.forecast_run``), ``observed_data`` and
+    Reads group ``forecast`` (written by ``sampler.analysis.forecast.forecast_run``), ``observed_data`` and
     ``sample_stats.lp`` (the draws stored so far).  Returns the paths written.
     """
-    from sampler import diagnostics, driver
-    from sampler.runner import STORE, RunContext
-    run_dir = Path(run_dir)
-    out_dir = run_dir / "plots"
-    written = [diagnostics_overview(out_dir / "diagnostics.png", diagnostics.summarize(run_dir))]
+    rd = RunDir(run_dir)
+    out_dir = rd.plots
+    written = [diagnostics_overview(out_dir / "diagnostics.png", diagnostics.summarize(rd.path))]
     if not datasets:
         return written
-    import zarr
-    ctx = ctx or RunContext.from_run_dir(run_dir)
-    root = zarr.open_group(str(run_dir / STORE), mode="r")
+    ctx = ctx or RunContext.from_run_dir(rd.path)
+    root = zarr.open_group(str(rd.store), mode="r")
     fc = root["forecast"]
     seq = ctx.data.has_sequences
-    done = min(p["draws_done"] for p in driver.shard_progress(run_dir))
+    done = rd.draws_available()
     for i in datasets:
         y = ctx.data.emissions[i]  # (M, T, D), standardised when [data] standardize is on
         if ctx.data.scale is not None:

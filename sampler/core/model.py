@@ -14,43 +14,19 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM, ParamsLGSSM
+from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM, ParamsLGSSM, lgssm_filter
 from dynamax.parameters import ParameterProperties
 from dynamax.utils.bijectors import RealToPSDBijector
 
-from sampler import kalman, priors
-
-#: dynamax leaf names, in ParamsLGSSM order.
-LEAVES: tuple[str, ...] = (
-    "initial.mean", "initial.cov",
-    "dynamics.weights", "dynamics.bias", "dynamics.input_weights", "dynamics.cov",
-    "emissions.weights", "emissions.bias", "emissions.input_weights", "emissions.cov",
-)
-#: keyword of ``LinearGaussianSSM.initialize`` for each leaf.
-_INIT_KWARG = {
-    "initial.mean": "initial_mean", "initial.cov": "initial_covariance",
-    "dynamics.weights": "dynamics_weights", "dynamics.bias": "dynamics_bias",
-    "dynamics.input_weights": "dynamics_input_weights", "dynamics.cov": "dynamics_covariance",
-    "emissions.weights": "emission_weights", "emissions.bias": "emission_bias",
-    "emissions.input_weights": "emission_input_weights", "emissions.cov": "emission_covariance",
-}
-#: leaves whose dynamax default initial value is random (drawn from the chain's key).
-RANDOM_DEFAULT = frozenset({"emissions.weights"})
+from sampler.core import priors
+from sampler.core.kalman import marginal_log_prob
+from sampler.core.leaves import LEAVES, TABLE, get_leaf, is_covariance, leaf_shape, set_leaf
 
 
-def store_name(leaf: str) -> str:
-    """Zarr / data-file name of a leaf: ``emissions.weights`` -> ``emissions_weights``."""
-    return leaf.replace(".", "_")
-
-
-def get_leaf(tree, leaf: str):
-    group, field = leaf.split(".")
-    return getattr(getattr(tree, group), field)
-
-
-def set_leaf(tree, leaf: str, value):
-    group, field = leaf.split(".")
-    return tree._replace(**{group: getattr(tree, group)._replace(**{field: value})})
+def missingness(emissions: np.ndarray) -> tuple[bool, bool]:
+    """(whether any entry is NaN, whether some row is partly but not entirely NaN) of emissions (..., D)."""
+    missing = np.isnan(emissions)
+    return bool(missing.any()), bool(np.any(missing.any(-1) & ~missing.all(-1)))
 
 
 @dataclass(frozen=True)
@@ -72,6 +48,14 @@ class Model:
     kalman_form: str = "auto"
     partial_missing: bool = False
     has_missing: bool = False
+
+    @classmethod
+    def from_config(cls, model_cfg, emissions: Optional[np.ndarray] = None) -> "Model":
+        """The model of a config's ``[model]`` section (``sampler.storage.config.ModelConfig``), with
+        the missing-data flags of ``emissions`` (N, M, T, D) when given (else none missing)."""
+        has_missing, partial_missing = (False, False) if emissions is None else missingness(emissions)
+        return cls(model_cfg.state_dim, model_cfg.emission_dim, model_cfg.input_dim, tuple(model_cfg.frozen),
+                   model_cfg.kalman, partial_missing, has_missing)
 
     # dynamax models and tfp bijectors are built afresh on every access, never cached on this
     # (hashable, reused) object: tfp bijectors memoise their inputs, and a value memoised inside one
@@ -95,14 +79,21 @@ class Model:
         return tuple(leaf for leaf in LEAVES if leaf not in self.frozen)
 
     def leaf_shape(self, leaf: str) -> tuple[int, ...]:
-        S, D, U = self.state_dim, self.emission_dim, self.input_dim
-        return {
-            "initial.mean": (S,), "initial.cov": (S, S),
-            "dynamics.weights": (S, S), "dynamics.bias": (S,), "dynamics.input_weights": (S, U),
-            "dynamics.cov": (S, S),
-            "emissions.weights": (D, S), "emissions.bias": (D,), "emissions.input_weights": (D, U),
-            "emissions.cov": (D, D),
-        }[leaf]
+        return leaf_shape(leaf, self.state_dim, self.emission_dim, self.input_dim)
+
+    # --- filter forms: the one policy for which Kalman form computes what ------------------------
+    @property
+    def moments_form(self) -> str:
+        """Form of our filter where sampling needs filtered moments (Gibbs' FFBS): the configured one;
+        ``dynamax`` (its filter is a reference for the log density only: no missing data) means auto."""
+        return "auto" if self.kalman_form == "dynamax" else self.kalman_form
+
+    @property
+    def predictive_form(self) -> str:
+        """Form of the posterior-predictive passes (forecast, backtest), vmapped over many draws: a
+        sequential form as configured, else auto (the parallel scan is the slower one at large batch,
+        docs/performance.md)."""
+        return self.kalman_form if self.kalman_form in ("information", "covariance") else "auto"
 
     # --- initial values -------------------------------------------------------------------------
     def initial_params(self, key, init_values: dict[str, jax.Array]) -> ParamsLGSSM:
@@ -112,7 +103,7 @@ class Model:
             key: the chain's PRNG key (dynamax draws ``emissions.weights`` from it).
             init_values: dotted leaf name -> value overriding dynamax's default.
         """
-        kwargs = {_INIT_KWARG[leaf]: value for leaf, value in init_values.items()}
+        kwargs = {TABLE[leaf].init_kwarg: value for leaf, value in init_values.items()}
         params, _ = self.ssm.initialize(key, **kwargs)
         return params
 
@@ -120,7 +111,7 @@ class Model:
     @staticmethod
     def _bijector(leaf):
         """dynamax's constrainer of a leaf (a new instance; see ``ssm``): PSD for covariances."""
-        return RealToPSDBijector() if leaf.endswith(".cov") else None
+        return RealToPSDBijector() if is_covariance(leaf) else None
 
     @cached_property
     def _unconstrained_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -174,10 +165,9 @@ class Model:
     def log_likelihood(self, params: ParamsLGSSM, emissions, inputs=None) -> jax.Array:
         """Sum over sequences of log p(y | params).  emissions: (M, T, D); inputs: (M, T, U) or None."""
         if self.kalman_form == "dynamax":
-            from dynamax.linear_gaussian_ssm import lgssm_filter
             one = lambda y, u: lgssm_filter(params, y, u).marginal_loglik
         else:
-            one = lambda y, u: kalman.marginal_log_prob(
+            one = lambda y, u: marginal_log_prob(
                 params, y, u, form=self.kalman_form, partial_missing=self.partial_missing)
         if inputs is None:
             return jnp.sum(jax.vmap(lambda y: one(y, None))(emissions))

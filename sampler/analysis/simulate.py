@@ -5,8 +5,8 @@
 for dynamics and emissions) *conditioned on the frozen leaves*, which are held at the config's values
 (``model.init`` / the data file's ``init_<leaf>``).  That conditional prior is the one the sampler's
 posterior is built on (``p(free | frozen, y)``), so the draws are what simulation-based calibration
-needs.  They are made by ``sampler.gibbs``'s conjugate block update with no observations (a
-conjugate posterior with no data is the prior); ``tests/test_calibrate.py`` checks them against
+needs.  They are made by ``sampler.core.simulation.prior_draw`` (the Gibbs sampler's conjugate block update with no observations (a
+conjugate posterior with no data is the prior)); ``tests/test_calibrate.py`` checks them against
 dynamax's own ``NIW`` / ``MNIW`` samplers.
 
 dynamax's default prior is very wide (inverse Wishart with ``df = dim + 0.1``: no finite mean; half
@@ -21,13 +21,12 @@ Emissions come from dynamax's ``sample`` (independent of the sampler's own Kalma
 ``input_dim > 0``, are standard normal; entries are missing (NaN) independently with probability
 ``missing_fraction``.  Dataset ``i`` is the first accepted of the draws keyed
 ``fold_in(fold_in(PRNGKey(seed), i), attempt)``, so it does not depend on ``num_datasets`` and the
-whole file is a deterministic function of its settings (byte for byte: see ``write_npz``).
+whole file is a deterministic function of its settings (byte for byte: see ``npz_bytes``).
 """
 from __future__ import annotations
 
 import io
 import zipfile
-from functools import lru_cache, partial
 from pathlib import Path
 from typing import Optional
 
@@ -35,13 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sampler import data as data_mod
-from sampler import runner
-from sampler.config import Config
+from sampler.core.leaves import LEAVES, RANDOM_DEFAULT, get_leaf, set_leaf, store_name
+from sampler.core.model import Model
+from sampler.core.precision import configure_jax, numpy_dtype
+from sampler.core.simulation import simulation_program, spectral_radius
 from sampler.errors import UserError
-from sampler.files import atomic_write
-from sampler.gibbs import NIWAsMNIW, regression_block
-from sampler.model import LEAVES, RANDOM_DEFAULT, Model, get_leaf, set_leaf, store_name
+from sampler.storage import data as data_mod
+from sampler.storage.config import Config
+from sampler.storage.files import atomic_write
 
 #: redraws per dataset before giving up (at the default bound ~50% of draws are kept for
 #: state_dim 1 and ~30% for state_dim 2, so this is never reached in practice).
@@ -49,97 +49,6 @@ MAX_ATTEMPTS = 200
 DEFAULT_MAX_ABS_EMISSION = 1e4
 
 
-# --- pure JAX: one dataset ------------------------------------------------------------------------------
-def prior_draw(key, model: Model, anchor):
-    """One draw of the free leaves from dynamax's conjugate prior given the frozen leaves.
-
-    Args:
-        key: PRNG key.
-        model: the model (dims, frozen leaves).
-        anchor: ``ParamsLGSSM`` holding the frozen leaves' values (free leaves' values are ignored).
-
-    Returns:
-        ``ParamsLGSSM``: frozen leaves as in ``anchor``, free leaves drawn.  The three blocks
-        (m0, S0), ([F B b], Q), ([H D d], R) are independent a priori.
-    """
-
-    S, U = model.state_dim, model.input_dim
-    frozen, ssm = set(model.frozen), model.ssm
-    dtype = anchor.emissions.cov.dtype
-    k_init, k_dyn, k_em = jax.random.split(key, 3)
-
-    def block(k, leaves, cov_leaf, prior):
-        """(W, Sigma) of one regression block with no observations, W = leaves side by side."""
-        cols = [get_leaf(anchor, leaf) for leaf in leaves]
-        cols = [c if c.ndim == 2 else c[:, None] for c in cols]  # biases become one column
-        W = jnp.concatenate(cols, axis=1)
-        free_cols = [leaf not in frozen for leaf, c in zip(leaves, cols) for _ in range(c.shape[1])]
-        return regression_block(k, jnp.zeros((0, W.shape[0]), dtype), jnp.zeros((0, W.shape[1]), dtype), W,
-                                 get_leaf(anchor, cov_leaf), prior, free_cols, cov_leaf not in frozen)
-
-    m0, S0 = block(k_init, ["initial.mean"], "initial.cov", NIWAsMNIW(ssm.initial_prior))
-    Wd, Q = block(k_dyn, ["dynamics.weights", "dynamics.input_weights", "dynamics.bias"], "dynamics.cov",
-                  ssm.dynamics_prior)
-    We, R = block(k_em, ["emissions.weights", "emissions.input_weights", "emissions.bias"], "emissions.cov",
-                  ssm.emission_prior)
-    values = {"initial.mean": m0[:, 0], "initial.cov": S0,
-              "dynamics.weights": Wd[:, :S], "dynamics.input_weights": Wd[:, S:S + U], "dynamics.bias": Wd[:, -1],
-              "dynamics.cov": Q,
-              "emissions.weights": We[:, :S], "emissions.input_weights": We[:, S:S + U], "emissions.bias": We[:, -1],
-              "emissions.cov": R}
-    params = anchor
-    for leaf, value in values.items():
-        params = set_leaf(params, leaf, value)
-    return params
-
-
-def sample_dataset(key, model: Model, params, num_sequences: int, num_timesteps: int, missing_fraction: float):
-    """Emissions of one dataset from dynamax's ``sample``.
-
-    Returns:
-        emissions (M, T, D) with NaN at missing entries; inputs (M, T, U) standard normal, or None
-        when ``input_dim == 0``; missing (M, T, D) bool.
-    """
-    M, T, U = num_sequences, num_timesteps, model.input_dim
-    dtype = params.emissions.cov.dtype
-    k_u, k_y, k_mask = jax.random.split(key, 3)
-    keys = jax.random.split(k_y, M)
-    ssm = model.ssm
-    if U:
-        inputs = jax.random.normal(k_u, (M, T, U), dtype)
-        ys = jax.vmap(lambda k, u: ssm.sample(params, k, T, inputs=u)[1])(keys, inputs)
-    else:
-        inputs = None
-        ys = jax.vmap(lambda k: ssm.sample(params, k, T)[1])(keys)
-    missing = jax.random.uniform(k_mask, ys.shape, dtype) < missing_fraction
-    return jnp.where(missing, jnp.nan, ys), inputs, missing
-
-
-def _attempt(model, num_sequences, num_timesteps, missing_fraction, from_prior, key, anchor, max_abs):
-    """One simulation try: (params, emissions, inputs, accepted).  ``accepted``: observed entries finite,
-    at most ``max_abs`` in absolute value, and at least one observed entry (a rule on the data only)."""
-    k_par, k_data = jax.random.split(key)
-    params = prior_draw(k_par, model, anchor) if from_prior else anchor
-    ys, inputs, missing = sample_dataset(k_data, model, params, num_sequences, num_timesteps, missing_fraction)
-    # NaN (overflow) at an observed entry fails the bound too; at a masked entry it is never observed
-    ok = jnp.all(missing | (jnp.abs(ys) <= max_abs)) & ~jnp.all(missing)
-    return params, ys, inputs, ok
-
-
-@lru_cache(maxsize=None)
-def _program(model: Model, num_sequences: int, num_timesteps: int, missing_fraction: float, from_prior: bool):
-    """Compiled ``(slot_keys (N,), attempt, anchors (N, ...), max_abs) -> (params, emissions, inputs,
-    accepted)``, attempt ``attempt`` of every dataset (its key: ``fold_in(slot_key, attempt)``)."""
-    one = partial(_attempt, model, num_sequences, num_timesteps, missing_fraction, from_prior)
-
-    def batch(slot_keys, attempt, anchors, max_abs):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, attempt))(slot_keys)
-        return jax.vmap(one, in_axes=(0, 0, None))(keys, anchors, max_abs)
-
-    return jax.jit(batch)
-
-
-# --- host side -----------------------------------------------------------------------------------------
 def _dataset_values(arr: np.ndarray, num_datasets: int, where: str) -> np.ndarray:
     """(N0, ...) values from a data file -> (num_datasets, ...): shared when all N0 rows are equal."""
     if np.all(arr == arr[:1]):
@@ -156,14 +65,14 @@ def _file_values(cfg: Config, model: Model, source: str, num_datasets: int) -> d
     frozen = set(model.frozen)
     path = Path(cfg.data.path)
     if source == "prior" and (not path.is_file() or not frozen):
-        values = {leaf: data_mod._leaf_value(cfg.model.init[leaf], model.leaf_shape(leaf), f"model.init.{leaf}")
+        values = {leaf: data_mod.leaf_value(cfg.model.init[leaf], model.leaf_shape(leaf), f"model.init.{leaf}")
                   for leaf in frozen if leaf in cfg.model.init}
         for leaf in frozen - set(values):
             if leaf in RANDOM_DEFAULT:
                 raise UserError(f"model.frozen: {leaf} has a random default; give its value as model.init.{leaf} "
                                 f"or init_{store_name(leaf)} in data.path ({path} not found)")
         return {leaf: np.broadcast_to(v, (num_datasets, *v.shape)).copy() for leaf, v in values.items()}
-    ds = data_mod.load(cfg, model)
+    ds = data_mod.load(cfg)
     if source == "prior":
         return {leaf: _dataset_values(ds.init_values[leaf], num_datasets, f"{path}: init_{store_name(leaf)}")
                 for leaf in frozen if leaf in ds.init_values}
@@ -194,11 +103,6 @@ def _anchors(model: Model, values: dict[str, np.ndarray], num_datasets: int, dty
     return params
 
 
-def spectral_radius(F: np.ndarray) -> np.ndarray:
-    """max |eigenvalue| of dynamics matrices F (..., S, S) -> (...)."""
-    return np.abs(np.linalg.eigvals(F)).max(-1)
-
-
 def simulate_arrays(cfg: Config, *, num_datasets: int, source: str = "prior", num_timesteps: int = 100,
                     num_sequences: Optional[int] = None, missing_fraction: float = 0.0, seed: int = 0,
                     max_abs_emission: float = DEFAULT_MAX_ABS_EMISSION) -> tuple[dict[str, np.ndarray], dict]:
@@ -223,13 +127,13 @@ def simulate_arrays(cfg: Config, *, num_datasets: int, source: str = "prior", nu
         raise UserError(f"max_abs_emission must be positive (got {max_abs_emission})")
     if seed < 0:
         raise UserError(f"--seed must be non-negative (got {seed})")
-    runner.configure_jax(cfg.sampler.dtype)
-    model = Model(cfg.model.state_dim, cfg.model.emission_dim, cfg.model.input_dim, tuple(cfg.model.frozen))
+    configure_jax(cfg.sampler.dtype)
+    model = Model.from_config(cfg.model)
     N, M, T = num_datasets, num_sequences or 1, num_timesteps
-    dtype = np.float64 if cfg.sampler.dtype == "float64" else np.float32
+    dtype = numpy_dtype(cfg.sampler.dtype)
     values = _file_values(cfg, model, source, N)
     anchors = _anchors(model, values, N, dtype)
-    program = _program(model, M, T, float(missing_fraction), source == "prior")
+    program = simulation_program(model, M, T, float(missing_fraction), source == "prior")
     base = jax.random.PRNGKey(seed)
     slot_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(np.arange(N, dtype=np.uint32))
 

@@ -1,11 +1,14 @@
-"""MCMC kernels for one chain, blackjax underneath: warmup (adaptation) and one transition.
+"""MCMC kernels for one chain, blackjax underneath, behind one interface.
 
-Every kernel exposes the same two pure functions so the engine can vmap them over
-datasets x chains without knowing which algorithm runs:
+A ``Kernel`` is built once from its build-time settings (``build_<algorithm>(settings)``, looked up
+in ``BUILDERS``) and exposes pure functions the engine vmaps over datasets x chains without knowing
+which algorithm runs:
 
-* ``warmup(key, position, target, num_steps) -> (ChainState, Tuning)``; for a cross-chain kernel
-  (``Kernel.cross_chain``) ``position`` holds all C chains of one dataset, (C, dim), and the
-  states come back batched (C, ...) with one Tuning shared by the dataset's chains.
+* ``init(position, target) -> ChainState``: the state at a position, no adaptation;
+* ``warmup(key, position, target, num_steps) -> (ChainState, Tuning)``: adaptation or burn-in of
+  ``num_steps >= 0`` steps (0: ``init`` and the untuned settings).  For a cross-chain kernel
+  (``Kernel.cross_chain``) ``position`` holds all C chains of one dataset, (C, dim), and the states
+  come back batched (C, ...) with one Tuning shared by the dataset's chains;
 * ``step(key, state, target, tuning, draw) -> (ChainState, StepStats)``, ``draw`` the global
   post-warmup draw index.
 
@@ -25,9 +28,8 @@ from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.mcmc.hmc import HMCState as ChainState
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler.model import Model
-
-ALGORITHMS = ("nuts", "hmc", "chees", "gibbs")
+from sampler.core import gibbs
+from sampler.core.model import Model
 
 
 class Target(NamedTuple):
@@ -57,34 +59,50 @@ class StepStats(NamedTuple):
 
 
 class Kernel(NamedTuple):
+    """One algorithm's pure functions (see the module docstring for their signatures)."""
     name: str
+    init: Callable
     warmup: Callable
     step: Callable
     #: the warmup adapts all chains of a dataset together (positions (C, dim) in, shared Tuning out)
     cross_chain: bool = False
 
 
-def _sampling_algorithm(name: str, num_integration_steps: int, max_num_doublings: int):
-    if name == "nuts":
-        return blackjax.nuts, {"max_num_doublings": max_num_doublings}
-    if name == "hmc":
-        return blackjax.hmc, {"num_integration_steps": num_integration_steps}
-    raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")
+class KernelSettings(NamedTuple):
+    """Build-time settings (``[sampler]`` keys); each builder reads the ones it uses."""
+    num_integration_steps: int = 5
+    max_num_doublings: int = 10
+    target_acceptance_rate: float = 0.8
+    initial_step_size: float = 0.1
 
 
-@lru_cache(maxsize=None)
-def build(name: str, *, num_integration_steps: int = 5, max_num_doublings: int = 10,
-          target_acceptance_rate: float = 0.8) -> Kernel:
-    """The kernel for ``name`` ("nuts", "hmc", "chees" or "gibbs")."""
-    if name == "gibbs":
-        return _gibbs_kernel()
-    if name == "chees":
-        return _chees_kernel()
-    algorithm, extra = _sampling_algorithm(name, num_integration_steps, max_num_doublings)
+def _untuned(position, step_size) -> Tuning:
+    """Tuning of a chain that had no warmup: ``step_size``, unit mass, no trajectory length."""
+    nan = jnp.full((), jnp.nan, position.dtype)
+    return Tuning(jnp.asarray(step_size, position.dtype), jnp.ones(position.shape[-1:], position.dtype), nan)
 
+
+def _hmc_init(position, target: Target) -> ChainState:
+    return blackjax.hmc.init(position, target.logdensity_fn())
+
+
+def _with_zero_steps(adapt: Callable, init: Callable, step_size, cross_chain: bool) -> Callable:
+    """``warmup`` from an adaptation that needs at least one step: with ``num_steps == 0`` (static)
+    the chains start at their initial positions with the untuned settings."""
     def warmup(key, position, target: Target, num_steps: int):
+        if num_steps > 0:
+            return adapt(key, position, target, num_steps)
+        if cross_chain:
+            return jax.vmap(lambda q: init(q, target))(position), _untuned(position[0], step_size)
+        return init(position, target), _untuned(position, step_size)
+    return warmup
+
+
+def _window_adapted(algorithm, settings: KernelSettings, name: str, **extra) -> Kernel:
+    """A blackjax kernel with per-chain window adaptation of step size and diagonal mass matrix."""
+    def adapt(key, position, target: Target, num_steps: int):
         adaptation = blackjax.window_adaptation(
-            algorithm, target.logdensity_fn(), target_acceptance_rate=target_acceptance_rate,
+            algorithm, target.logdensity_fn(), target_acceptance_rate=settings.target_acceptance_rate,
             adaptation_info_fn=get_filter_adapt_info_fn(), **extra)
         (state, parameters), _ = adaptation.run(key, position, num_steps=num_steps)
         return state, Tuning(jnp.asarray(parameters["step_size"], position.dtype),
@@ -93,22 +111,22 @@ def build(name: str, *, num_integration_steps: int = 5, max_num_doublings: int =
     def step(key, state, target: Target, tuning: Tuning, draw):
         kernel = algorithm(target.logdensity_fn(), tuning.step_size, tuning.inverse_mass_matrix, **extra)
         new_state, info = kernel.step(key, state)
-        n_steps = getattr(info, "num_integration_steps", num_integration_steps)
+        n_steps = getattr(info, "num_integration_steps", settings.num_integration_steps)
         return new_state, StepStats(info.acceptance_rate, info.is_divergent,
                                     jnp.asarray(n_steps, jnp.int32), info.energy)
 
-    return Kernel(name, warmup, step)
+    warmup = _with_zero_steps(adapt, _hmc_init, settings.initial_step_size, cross_chain=False)
+    return Kernel(name, _hmc_init, warmup, step)
 
 
-def init_state(position, target: Target) -> ChainState:
-    """Chain state at ``position`` without adaptation (used when num_warmup = 0)."""
-    return blackjax.hmc.init(position, target.logdensity_fn())
+def build_nuts(settings: KernelSettings) -> Kernel:
+    """NUTS (blackjax) with window adaptation; ``max_num_doublings`` bounds its trajectories."""
+    return _window_adapted(blackjax.nuts, settings, "nuts", max_num_doublings=settings.max_num_doublings)
 
 
-def untuned(position, initial_step_size: float) -> Tuning:
-    """Tuning of a chain that had no warmup: the given step size, unit mass, no trajectory length."""
-    return Tuning(jnp.asarray(initial_step_size, position.dtype), jnp.ones(position.shape[-1:], position.dtype),
-                  jnp.full((), jnp.nan, position.dtype))
+def build_hmc(settings: KernelSettings) -> Kernel:
+    """HMC (blackjax) with ``num_integration_steps`` leapfrog steps and window adaptation (the seed's)."""
+    return _window_adapted(blackjax.hmc, settings, "hmc", num_integration_steps=settings.num_integration_steps)
 
 
 #: ChEES: leapfrog steps per transition are capped here (blackjax's default budget).
@@ -121,15 +139,14 @@ def chees_num_steps(draw, tuning: Tuning):
     """Leapfrog steps of draw ``draw``: ``ceil(u * trajectory_length / step_size)`` with ``u`` the
     base-2 Halton (van der Corput) point number ``draw + 1`` (0.5, 0.25, 0.75, ...), the same for
     every chain and dataset (so vmapped chains wait only for datasets with longer trajectories, never
-    for a chain's bad luck),
-    clipped to [1, CHEES_MAX_LEAPFROG_STEPS] (an untuned chain, num_warmup = 0, takes one step).
-    Deterministic in the draw index, so resume is exact."""
+    for a chain's bad luck), clipped to [1, CHEES_MAX_LEAPFROG_STEPS] (an untuned chain,
+    num_warmup = 0, takes one step).  Deterministic in the draw index, so resume is exact."""
     u = blackjax.mcmc.dynamic_hmc.halton_sequence(jnp.asarray(draw, jnp.int32), 30)
     n = jnp.ceil(u * tuning.trajectory_length / tuning.step_size)
     return jnp.clip(jnp.nan_to_num(n, nan=1.0), 1, CHEES_MAX_LEAPFROG_STEPS).astype(jnp.int32)
 
 
-def _chees_kernel() -> Kernel:
+def build_chees(settings: KernelSettings) -> Kernel:
     """Jittered HMC whose step size, diagonal mass matrix and trajectory length are adapted across
     the chains of a dataset by blackjax's ChEES (Hoffman, Radul & Sountsov 2021).
 
@@ -137,7 +154,7 @@ def _chees_kernel() -> Kernel:
     jitter from the global draw index (``chees_num_steps``) instead of a per-chain counter, so the
     chain state stays blackjax's ``HMCState``.
     """
-    def warmup(key, positions, target: Target, num_steps: int):
+    def adapt(key, positions, target: Target, num_steps: int):
         num_chains = positions.shape[0]
         adaptation = blackjax.chees_adaptation(
             target.logdensity_fn(), num_chains, mass_matrix_estimation="diagonal",
@@ -158,23 +175,22 @@ def _chees_kernel() -> Kernel:
                                      tuning.inverse_mass_matrix, n_steps)
         return new_state, StepStats(info.acceptance_rate, info.is_divergent, n_steps, info.energy)
 
-    return Kernel("chees", warmup, step, cross_chain=True)
+    warmup = _with_zero_steps(adapt, _hmc_init, settings.initial_step_size, cross_chain=True)
+    return Kernel("chees", _hmc_init, warmup, step, cross_chain=True)
 
 
-def _gibbs_kernel() -> Kernel:
-    """Blocked Gibbs (``sampler.gibbs``): no tuning; warmup is plain burn-in.
+def build_gibbs(settings: KernelSettings) -> Kernel:
+    """Blocked Gibbs (``sampler.core.gibbs``): no tuning; warmup is plain burn-in.
 
     Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
     """
-    from sampler import gibbs
-
     def sweep(key, position, target: Target):
         model = target.model
         params = gibbs.gibbs_sweep(key, model, model.to_params(position, target.anchor),
                                    target.emissions, target.inputs)
         return model.to_position(params)
 
-    def chain_state(position, target: Target) -> ChainState:
+    def init(position, target: Target) -> ChainState:
         # the log density is only needed for recorded draws (lp), not for the sweep itself
         return ChainState(position, target.logdensity_fn()(position), jnp.zeros_like(position))
 
@@ -182,12 +198,25 @@ def _gibbs_kernel() -> Kernel:
         position = sweep(key, state.position, target)
         nan = jnp.full((), jnp.nan, position.dtype)
         stats = StepStats(jnp.ones((), position.dtype), jnp.zeros((), bool), jnp.ones((), jnp.int32), nan)
-        return chain_state(position, target), stats
+        return init(position, target), stats
 
     def warmup(key, position, target: Target, num_steps: int):
         position, _ = jax.lax.scan(lambda x, k: (sweep(k, x, target), None), position,
                                    jax.random.split(key, num_steps))
         nan = jnp.full((), jnp.nan, position.dtype)
-        return chain_state(position, target), Tuning(nan, jnp.ones_like(position), nan)
+        return init(position, target), Tuning(nan, jnp.ones_like(position), nan)
 
-    return Kernel("gibbs", warmup, step)
+    return Kernel("gibbs", init, warmup, step)
+
+
+BUILDERS: dict[str, Callable[[KernelSettings], Kernel]] = {
+    "nuts": build_nuts, "hmc": build_hmc, "chees": build_chees, "gibbs": build_gibbs}
+ALGORITHMS = tuple(BUILDERS)
+
+
+@lru_cache(maxsize=None)
+def build(name: str, settings: KernelSettings = KernelSettings()) -> Kernel:
+    """The kernel of algorithm ``name`` (one of ``ALGORITHMS``), built once per settings."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")
+    return BUILDERS[name](settings)

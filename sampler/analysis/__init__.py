@@ -1,0 +1,1 @@
+"""Analysis of runs: diagnostics, forecasts and plots, simulation, calibration (SBC), backtests."""

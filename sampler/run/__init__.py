@@ -1,0 +1,1 @@
+"""Running: one shard's host loop (``runner``), the driver, Ray actors and Ray Jobs."""

@@ -1,0 +1,254 @@
+"""The host loop of one shard: warmup -> blocks of draws -> store -> checkpoint.
+
+Knows files, not Ray.  ``run_shard`` is the unit of work a Ray actor (or the in-process loop) calls;
+``iter_blocks`` is the shard's sampling loop on its own, which the benchmarks drive without a store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from sampler.core import engine, kernels
+from sampler.core.leaves import LEAVES, get_leaf, store_name
+from sampler.core.model import Model
+from sampler.core.precision import configure_jax, numpy_dtype
+from sampler.errors import UserError
+from sampler.storage import config as config_mod
+from sampler.storage import data as data_mod
+from sampler.storage import store
+from sampler.storage.checkpoint import ShardCheckpoints
+from sampler.storage.config import Config
+from sampler.storage.files import atomic_write
+from sampler.storage.rundir import RunDir, Shard, plan_shards
+
+
+class RunContext:
+    """A validated config with its model, data and kernel: everything ``run_shard`` needs."""
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        configure_jax(cfg.sampler.dtype)
+        self.cfg = cfg
+        self.run_dir = RunDir(run_dir)
+        self.data = data_mod.load(cfg)
+        self.model = Model.from_config(cfg.model, self.data.emissions)
+        if self.model.dim == 0:
+            raise UserError("model.frozen: every leaf is frozen; nothing to sample")
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path) -> "RunContext":
+        """Rebuild the context of an existing run from ``DIR/config.toml`` (used by workers)."""
+        rd = RunDir(run_dir)
+        return cls(rd.config(), rd.path)
+
+    @property
+    def algorithm(self) -> str:
+        return self.cfg.resolved_algorithm()
+
+    @cached_property
+    def kernel(self) -> kernels.Kernel:
+        s = self.cfg.sampler
+        return kernels.build(self.algorithm, kernels.KernelSettings(
+            num_integration_steps=s.num_integration_steps, max_num_doublings=s.max_num_doublings,
+            target_acceptance_rate=s.target_acceptance_rate, initial_step_size=s.initial_step_size))
+
+    @property
+    def dtype(self) -> type:
+        return numpy_dtype(self.cfg.sampler.dtype)
+
+    @property
+    def shards(self) -> list[Shard]:
+        return plan_shards(self.data.num_datasets, self.shard_size)
+
+    @property
+    def shard_size(self) -> int:
+        n = self.data.num_datasets
+        return min(self.cfg.run.shard_size or n, n)
+
+
+# --- run directory -----------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("sampler", "jax", "jaxlib", "dynamax", "blackjax", "orbax-checkpoint", "zarr", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _fingerprint(ctx: RunContext) -> dict:
+    fp = config_mod.result_fingerprint(ctx.cfg)
+    fp.pop("data.path", None)  # the content hash below is what matters, not where the file lives
+    fp["data.sha256"] = ctx.data.sha256
+    return fp
+
+
+def prepare_run_dir(ctx: RunContext) -> bool:
+    """Create the run dir (config, store), or check that an existing one may be resumed.
+
+    Returns True when resuming.  Raises ``UserError`` (and writes nothing) when the existing run's
+    result-changing settings differ, naming the first differing key.
+    """
+    rd, cfg, data = ctx.run_dir, ctx.cfg, ctx.data
+    fp = _fingerprint(ctx)
+    if rd.is_run_dir():
+        rd.check_resumable(fp)
+        # the same results, but maybe a moved data file or other workers: later commands read this
+        atomic_write(rd.config_file, config_mod.to_toml(cfg))
+        return True
+    rd.check_usable()
+    rd.path.mkdir(parents=True, exist_ok=True)
+    tmp_store = rd.scratch(RunDir.STORE + ".tmp")
+    shutil.rmtree(tmp_store, ignore_errors=True)
+    store.create(tmp_store, ctx.model, num_chains=cfg.sampler.num_chains, num_draws=cfg.sampler.num_draws,
+                 num_datasets=data.num_datasets, draws_per_chunk=min(cfg.run.checkpoint_every, cfg.sampler.num_draws),
+                 datasets_per_chunk=ctx.shard_size, emissions=data.emissions, inputs=data.inputs,
+                 has_sequences=data.has_sequences, center=data.center, scale=data.scale,
+                 attrs={"sampler_algorithm": ctx.algorithm, "kalman": ctx.model.kalman_form,
+                        "frozen": list(cfg.model.frozen),
+                        "num_warmup": cfg.sampler.num_warmup, "seed": cfg.sampler.seed,
+                        "dtype": cfg.sampler.dtype, "versions": _versions(),
+                        "config": config_mod.to_toml(cfg)})
+    os.replace(tmp_store, rd.store)
+    atomic_write(rd.config_file, config_mod.to_toml(cfg))
+    rd.plots.mkdir(exist_ok=True)
+    # run.json last: its presence marks a complete, resumable run dir
+    atomic_write(rd.run_file, json.dumps({"fingerprint": fp, "num_datasets": data.num_datasets,
+                                          "shards": [s.__dict__ for s in ctx.shards],
+                                          "algorithm": ctx.algorithm}, indent=1))
+    return False
+
+
+# --- one shard ---------------------------------------------------------------------------------------
+class ShardInputs(NamedTuple):
+    """What the compiled programs of one shard take: the padded batch, its keys, the real chain count."""
+    batch: engine.Batch
+    keys: jax.Array
+    num_real: int          # leading rows of the batch that are the shard's own (dataset, chain) pairs
+
+
+class Block(NamedTuple):
+    """One block of draws of a shard: its first draw index, the draws (device arrays, leading axes
+    (B, k)) and the chains after it."""
+    start: int
+    draws: engine.Draws
+    chains: engine.Chains
+
+
+def shard_inputs(ctx: RunContext, shard: Shard) -> ShardInputs:
+    """Batch arrays for a shard, padded to the full shard size (one compiled program for all shards)
+    and to a multiple of the device count."""
+    C = ctx.cfg.sampler.num_chains
+    ds = np.arange(shard.start, shard.start + ctx.shard_size)
+    ds = np.minimum(ds, shard.stop - 1)  # padded datasets repeat the shard's last one
+    idx = np.repeat(ds, C)
+    dtype = ctx.dtype
+    batch = engine.Batch(
+        dataset=idx.astype(np.int32),
+        chain=np.tile(np.arange(C), len(ds)).astype(np.int32),
+        emissions=ctx.data.emissions[idx].astype(dtype),
+        inputs=None if ctx.data.inputs is None else ctx.data.inputs[idx].astype(dtype),
+        init_values={k: v[idx].astype(dtype) for k, v in ctx.data.init_values.items()})
+    batch = engine.pad_to_devices(batch, len(idx), group=C)
+    return ShardInputs(batch, engine.chain_keys(ctx.cfg.sampler.seed, batch.dataset, batch.chain),
+                       (shard.stop - shard.start) * C)
+
+
+def _init_program(ctx: RunContext):
+    s = ctx.cfg.sampler
+    return engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.num_chains)
+
+
+def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
+    """Initial values and warmup of every chain of a shard (device arrays)."""
+    b = inputs.batch
+    return _init_program(ctx)(inputs.keys, b.emissions, b.inputs, b.init_values)
+
+
+def chains_template(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
+    """Zeros shaped like ``init_chains``'s result (what a checkpoint is restored into)."""
+    b = inputs.batch
+    shapes = jax.eval_shape(_init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def iter_blocks(ctx: RunContext, inputs: ShardInputs, chains: engine.Chains, start: int = 0, *,
+                overlap: bool = True) -> Iterator[Block]:
+    """Blocks of ``run.checkpoint_every`` draws (the last one shorter) from draw ``start`` to
+    ``sampler.num_draws``, continuing ``chains``.
+
+    With ``overlap`` a block is yielded only once the next one is dispatched, so the device computes
+    while the caller writes; without, each block is yielded as soon as it is dispatched.
+    """
+    b, total = inputs.batch, ctx.cfg.sampler.num_draws
+    pending, done = None, start
+    while done < total:
+        k = min(ctx.cfg.run.checkpoint_every, total - done)
+        program = engine.sample_program(ctx.model, ctx.kernel, k)
+        chains, draws = program(inputs.keys, chains, b.emissions, b.inputs, np.int32(done))
+        if pending is not None:
+            yield pending
+        pending = Block(done, draws, chains)
+        if not overlap:
+            yield pending
+            pending = None
+        done += k
+    if pending is not None:
+        yield pending
+
+
+def to_store_layout(x, n: int, C: int) -> np.ndarray:
+    """(B, K, ...) dataset-major batch rows -> (C, K, n, ...) for the n real datasets."""
+    x = np.asarray(x)[: n * C]
+    x = x.reshape((n, C) + x.shape[1:])
+    return np.moveaxis(x, 0, 2)
+
+
+def _write_draws(ctx: RunContext, shard: Shard, start: int, draws: engine.Draws) -> None:
+    n, C = shard.stop - shard.start, ctx.cfg.sampler.num_chains
+    params = {store_name(leaf): to_store_layout(get_leaf(draws.params, leaf), n, C) for leaf in LEAVES}
+    stats = {"lp": draws.lp, "acceptance_rate": draws.stats.acceptance_rate,
+             "diverging": draws.stats.diverging, "n_steps": draws.stats.n_steps,
+             "energy": draws.stats.energy, "step_size": draws.step_size}
+    stats = {k: to_store_layout(v, n, C) for k, v in stats.items()}
+    store.write_block(ctx.run_dir.store, start, shard.start, params, stats)
+
+
+def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], None]] = None) -> int:
+    """Sample one shard to completion, resuming from its latest checkpoint.
+
+    Each block is written while the next one computes (``iter_blocks``); a checkpoint is saved only
+    after its draws are stored.  ``on_draws(k)`` is told the draws resumed from, then each block's.
+
+    Returns the number of draws done (= num_draws).
+    """
+    inputs = shard_inputs(ctx, shard)
+    ckpt = ShardCheckpoints(ctx.run_dir.checkpoints(shard.index), ctx.cfg.run.keep_checkpoints)
+    try:
+        restored = ckpt.restore_latest(chains_template(ctx, inputs))
+        if restored is None:
+            chains, done = init_chains(ctx, inputs), 0
+            ckpt.save(0, chains)
+        else:
+            done, chains = restored
+        if on_draws and done:
+            on_draws(done)
+        for block in iter_blocks(ctx, inputs, chains, done):
+            draws = jax.tree.map(np.asarray, block.draws)
+            _write_draws(ctx, shard, block.start, draws)
+            k = draws.lp.shape[1]
+            ckpt.save(block.start + k, block.chains)
+            done = block.start + k
+            if on_draws:
+                on_draws(k)
+        return done
+    finally:
+        ckpt.close()
