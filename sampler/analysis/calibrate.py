@@ -363,7 +363,7 @@ def analyse(cfg: Config, arrays: dict[str, np.ndarray], *, thin: Optional[int] =
                               f"over the {len(verdict_rows)} verdict quantities at alpha {ALPHA}"},
         "quantities": rows,
     }
-    report["plots"] = [str(p) for p in plot_all(run_dir / "plots", rows, N, L, null)]
+    report["plots"] = [str(p) for p in plot_all(RunDir(run_dir).plots, rows, N, L, null)]
     for row in rows:
         del row["_z"], row["_contraction"]
     return report

@@ -26,9 +26,14 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 
-from sampler import bench
+from sampler.bench.measure import min_bulk_ess
+from sampler.bench.problems import bench_config, seed_dataset, seed_hmc_chain, seed_params, write_data
+from sampler.run import runner
 
 TARGET_ESS = 400.0
 BURN_IN = 500
@@ -47,29 +52,25 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
                        num_warmup: int = BURN_IN, block: int = 250, max_draws: int = 8000,
                        target: float = TARGET_ESS, dtype: str = "float64", scale_to: int = 256) -> dict:
     """``sampler``'s engine on ``num_datasets`` seed-model datasets until all reach ``target``."""
-    from sampler import engine, runner
-    data = bench._write_data(root / f"data-{num_datasets}", num_datasets)
-    cfg = bench._config(root / algorithm, data, num_datasets, num_chains=num_chains, num_warmup=num_warmup,
-                        num_draws=max_draws, shard_size=num_datasets, checkpoint_every=block,
-                        algorithm=algorithm, dtype=dtype)
+    data = write_data(root / f"data-{num_datasets}", num_datasets)
+    cfg = bench_config(root / algorithm, data, num_chains=num_chains, num_warmup=num_warmup,
+                       num_draws=max_draws, shard_size=num_datasets, checkpoint_every=block,
+                       algorithm=algorithm, dtype=dtype)
     ctx = runner.RunContext(cfg, root / algorithm / "null")
     (shard,) = ctx.shards
-    s = cfg.sampler
     t0 = time.perf_counter()
-    batch, n = runner._shard_batch(ctx, shard)
-    keys = engine.chain_keys(s.seed, batch.dataset, batch.chain)
-    chains = engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.initial_step_size, num_chains)(
-        keys, batch.emissions, batch.inputs, batch.init_values)
-    program = engine.sample_program(ctx.model, ctx.kernel, block)
+    inputs = runner.shard_inputs(ctx, shard)
+    chains = runner.init_chains(ctx, inputs)
+    n = inputs.num_real
     blocks, steps, paused, done = [], [], 0.0, 0
-    while done < max_draws:
-        chains, draws = program(keys, chains, batch.emissions, batch.inputs, np.int32(done))
-        R = np.asarray(draws.params.emissions.cov)[:n]                   # (B, block, D, D)
-        steps.append(np.asarray(draws.stats.n_steps)[:n])
-        done += block
+    # without overlap: a block that reaches the target is not followed by one more, dispatched unused
+    for b in runner.iter_blocks(ctx, inputs, chains, overlap=False):
+        R = np.asarray(b.draws.params.emissions.cov)[:n]                 # (B, block, D, D)
+        steps.append(np.asarray(b.draws.stats.n_steps)[:n])
+        done = b.start + R.shape[1]
         t_check = time.perf_counter()
-        blocks.append(runner._to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
-        ess = bench._min_bulk_ess(np.concatenate(blocks, axis=1))
+        blocks.append(runner.to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
+        ess = min_bulk_ess(np.concatenate(blocks, axis=1))
         paused += time.perf_counter() - t_check
         if np.all(ess >= target):
             break
@@ -84,10 +85,8 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
 def seed_time_to_ess(*, block: int = 1000, max_draws: int = 20000, target: float = TARGET_ESS,
                      scale_to: int = 256) -> dict:
     """The seed's ``fit_hmc`` procedure, continued in blocks of draws until ``target``."""
-    import jax
-    import jax.numpy as jnp
     t0 = time.perf_counter()
-    step, state, key = bench.seed_hmc_chain()
+    step, state, key = seed_hmc_chain()
     r, paused = [], 0.0
     while len(r) < max_draws:
         for _ in range(block):
@@ -95,7 +94,7 @@ def seed_time_to_ess(*, block: int = 1000, max_draws: int = 20000, target: float
             state, r_t = step(state, step_key)
             r.append(r_t)
         t_check = time.perf_counter()
-        ess = bench._min_bulk_ess(np.asarray(jnp.stack(r))[None, :, None, :])
+        ess = min_bulk_ess(np.asarray(jnp.stack(r))[None, :, None, :])
         paused += time.perf_counter() - t_check
         if np.all(ess >= target):
             break
@@ -106,10 +105,8 @@ def seed_time_to_ess(*, block: int = 1000, max_draws: int = 20000, target: float
 def dynamax_gibbs_time_to_ess(*, first: int = BURN_IN + 1000, max_draws: int = 24000,
                               target: float = TARGET_ESS, scale_to: int = 256) -> dict:
     """dynamax's ``fit_blocked_gibbs`` on the seed dataset with 1,500, 3,000, ... draws."""
-    import jax
-    import jax.random as jr
-    model, _ = bench.seed_params()
-    emissions = bench.seed_dataset()
+    model, _ = seed_params()
+    emissions = seed_dataset()
     params, _ = model.initialize(jr.PRNGKey(42))
     size = first
     while True:
@@ -118,7 +115,7 @@ def dynamax_gibbs_time_to_ess(*, first: int = BURN_IN + 1000, max_draws: int = 2
             samples = model.fit_blocked_gibbs(jr.PRNGKey(0), params, size, emissions)
         R = np.asarray(jax.block_until_ready(samples.emissions.cov))[BURN_IN:]
         wall = time.perf_counter() - t0
-        ess = bench._min_bulk_ess(np.diagonal(R, axis1=-2, axis2=-1)[None, :, None, :])
+        ess = min_bulk_ess(np.diagonal(R, axis1=-2, axis2=-1)[None, :, None, :])
         if np.all(ess >= target) or 2 * size > max_draws:
             return _row("dynamax fit_blocked_gibbs (1 chain)", 1, 1, size - BURN_IN, wall, ess, target, scale_to)
         size *= 2

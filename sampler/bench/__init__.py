@@ -1,0 +1,16 @@
+"""``sampler bench``: the performance benchmark, measured in this process on this machine.
+
+Parts (``PARTS``; each a function returning plain dicts, printed as a table or JSON) and their modules:
+
+* ``grad``, ``parallel`` -- gradient throughput of the marginal log-likelihood (``throughput``);
+* ``e2e``, ``io``, ``rss`` -- whole ``sampler run`` runs: dataset-ESS/s against the seed's procedure,
+  the cost of streaming to the run dir, peak memory (``runs``);
+* ``warmup`` -- warmup schemes for many chains on the seed dataset (``warmup``);
+* ``ess`` -- the headline: wall time until every dataset reaches bulk-ESS 400 on diag(R) (``ess``).
+
+Below them ``problems`` (the seed notebook's model, data and procedure; a bench run's files) and
+``measure`` (device, timing, ESS and R-hat of diag(R), tables); above them ``suite.run``.
+"""
+from sampler.bench.suite import PARTS, run
+
+__all__ = ["PARTS", "run"]

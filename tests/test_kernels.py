@@ -1,0 +1,46 @@
+"""The kernel interface: every algorithm is built from the table and has the same init/warmup/step
+contract, including a warmup of zero steps (the chains start untuned at their initial positions)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import simulate
+from sampler.core import kernels
+from sampler.core.model import Model
+
+
+@pytest.fixture(scope="module")
+def target():
+    model = Model(1, 2)
+    y = jnp.asarray(simulate(1, T=20)["emissions"][0])[None]              # (M=1, T, D)
+    anchor = model.initial_params(jax.random.PRNGKey(0), {})
+    return kernels.Target(model, anchor, y, None)
+
+
+def test_every_algorithm_is_built_from_the_table():
+    assert set(kernels.ALGORITHMS) == {"nuts", "hmc", "chees", "gibbs"}
+    for name in kernels.ALGORITHMS:
+        kernel = kernels.build(name)
+        assert kernel.name == name and kernel.cross_chain == (name == "chees")
+        assert kernels.build(name) is kernel  # built once per settings
+    with pytest.raises(ValueError, match="unknown algorithm 'mala'"):
+        kernels.build("mala")
+
+
+@pytest.mark.parametrize("name", ["nuts", "hmc", "chees", "gibbs"])
+def test_zero_warmup_steps_start_untuned_at_the_initial_position(target, name):
+    settings = kernels.KernelSettings(initial_step_size=0.25)
+    kernel = kernels.build(name, settings)
+    position = target.model.to_position(target.anchor)
+    start = jnp.stack([position, position + 0.1]) if kernel.cross_chain else position
+    state, tuning = jax.jit(lambda q: kernel.warmup(jax.random.PRNGKey(1), q, target, 0))(start)
+    np.testing.assert_array_equal(state.position, start)
+    expected_lp = jax.vmap(target.logdensity_fn())(start) if kernel.cross_chain else target.logdensity_fn()(start)
+    np.testing.assert_allclose(state.logdensity, expected_lp, rtol=1e-12)
+    np.testing.assert_array_equal(tuning.inverse_mass_matrix, np.ones(position.shape[-1]))
+    # Gibbs has no step size at all; the HMC family starts at the configured one
+    assert np.isnan(tuning.step_size) if name == "gibbs" else float(tuning.step_size) == 0.25
+    assert np.isnan(tuning.trajectory_length)
