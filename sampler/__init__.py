@@ -7,7 +7,7 @@ Python API::
     tree = sampler.open_run(run_dir)                               # -> xarray.DataTree
     sampler.kalman.marginal_log_prob(params, emissions)            # dynamax's lgssm_filter loglik
 
-Layers, each importing only those below it: ``core`` (pure JAX), ``storage`` (files), ``run``
+Layers, each importing only those below it: ``core`` (pure JAX), ``storage`` (files), ``execution``
 (scheduling, Ray), ``analysis`` (forecasts, diagnostics, studies), ``bench``; ``cli`` on top.
 
 Every ``sampler`` command imports this module first, so it imports nothing heavy itself: the
@@ -30,7 +30,7 @@ def run(config_or_path, *, progress: bool = True, **overrides) -> Path:
     ``overrides`` are dotted config keys with ``__`` for the dots, e.g. ``sampler__num_draws=200``,
     ``run__workers=0``.  Returns the run dir.
     """
-    from sampler.run import driver
+    from sampler.execution import driver
     from sampler.storage import config
     if isinstance(config_or_path, config.Config):
         cfg = config.from_dict(config.apply_overrides(config_or_path.model_dump(), settings=overrides))

@@ -25,7 +25,7 @@ def _config_with_run_dir(args):
 
 def _run(args) -> int:
     from sampler.analysis import diagnostics
-    from sampler.run import driver
+    from sampler.execution import driver
     cfg = _config_with_run_dir(args)
     run_dir = driver.execute(cfg, workers=args.workers, address=args.address)
     print(diagnostics.format_table(diagnostics.summarize(run_dir), limit=20))
@@ -39,7 +39,7 @@ def _run_dir(path: str):
 
 
 def _status(args) -> int:
-    from sampler.run import driver
+    from sampler.execution import driver
     rd = _run_dir(args.dir)
     print(json.dumps(rd.shard_progress(), indent=1) if args.json else driver.format_status(rd))
     return 0
@@ -88,7 +88,7 @@ def _calibrate(args) -> int:
 
 
 def _submit(args) -> int:
-    from sampler.run import submit
+    from sampler.execution import submit
     job_id = submit.submit(args.config, address=args.address, overrides=list(args.set or []),
                            run_dir=args.run_dir, workers=args.workers, wait=args.wait)
     print(job_id)

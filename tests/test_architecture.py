@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sampler"
 #: bottom to top; a module may import its own layer and those before it.  ``sampler.errors`` is
 #: the shared base; the top-level modules (``cli``, the package itself, the ``kalman`` alias) may
 #: import anything.
-LAYERS = ("core", "storage", "run", "analysis", "bench")
+LAYERS = ("core", "storage", "execution", "analysis", "bench")
 
 
 def _modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -103,12 +103,26 @@ def test_no_import_cycles():
             visit(node, [node])
 
 
-def test_a_core_import_of_the_run_layer_is_caught(tmp_path):
-    """The check itself, on a copy of the package: a core module importing the run layer inside a
+def test_a_core_import_of_the_execution_layer_is_caught(tmp_path):
+    """The check itself, on a copy of the package: a core module importing the execution layer inside a
     function, and a storage module importing analysis at the top, are both reported."""
     copy = tmp_path / "sampler"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "core" / "probe.py").write_text("def f():\n    from sampler.run import runner\n    return runner\n")
+    (copy / "core" / "probe.py").write_text("def f():\n    from sampler.execution import runner\n    return runner\n")
     (copy / "storage" / "probe.py").write_text("from sampler.analysis.scores import LEVELS\n")
-    assert layer_violations(copy) == ["sampler.core.probe imports sampler.run.runner",
+    assert layer_violations(copy) == ["sampler.core.probe imports sampler.execution.runner",
                                       "sampler.storage.probe imports sampler.analysis.scores"]
+
+
+def test_public_api_survives_importing_every_module():
+    """``sampler.run`` and ``sampler.open_run`` are functions (SPEC), so no subpackage may be named
+    like them: importing a subpackage binds its name on the package and would replace the function."""
+    import importlib
+    import inspect
+
+    import sampler
+    for name in _modules():
+        if name != "sampler.__main__":
+            importlib.import_module(name)
+    assert inspect.isfunction(sampler.run) and inspect.isfunction(sampler.open_run)
+    assert sampler.kalman.marginal_log_prob.__module__ == "sampler.core.kalman.filter"

@@ -9,12 +9,12 @@ from scipy import stats
 
 from sampler.analysis import calibrate, simulate
 from sampler.core import simulation
-from sampler.run import runner
+from sampler.execution import runner
 from sampler.storage import config
 from sampler.storage.rundir import RunDir
 from sampler.errors import UserError
 from sampler.core.model import Model
-from tests.conftest import cli, write_config
+from helpers import cli, write_config
 
 #: the study: small, but enough Gibbs sweeps for the weakly identified datasets a prior this wide gives.
 STUDY = dict(num_datasets=100, num_timesteps=50)
@@ -81,14 +81,79 @@ def test_study_report_and_resume(study):
         assert name in names
     kinds = {q["name"]: q["kind"] for q in report["quantities"]}
     assert kinds["emissions_weights[0,0]"] == "rotation-dependent" and kinds["loglik"] == "joint"
+    # the draws ranked: 2 chains x 200 draws, thinned to about calibrate.TARGET_DRAWS = 100 pooled
+    # draws: thin = 400 // 100 = 4, draws 0, 4, ..., 196 of each chain (50), pooled 100, ranks 0..100
+    C, K = STUDY_SAMPLER["num_chains"], STUDY_SAMPLER["num_draws"]
+    thin = C * K // 100
+    L = C * len(range(0, K, thin))
+    assert (thin, L) == (4, 100)
+    settings = report["settings"]
+    assert {k: settings[k] for k in ("chains", "draws_per_chain", "thin", "pooled_draws", "rank_levels",
+                                     "num_datasets", "num_warmup")} == {
+        "chains": C, "draws_per_chain": K, "thin": thin, "pooled_draws": L, "rank_levels": L + 1,
+        "num_datasets": 100, "num_warmup": STUDY_SAMPLER["num_warmup"]}
+    assert calibrate.format_report(report).splitlines()[0] == (
+        f"SBC: 100 datasets x {C} chains (gibbs), {L} pooled draws per dataset (thin {thin})")
+    sim = report["simulation"]
+    assert sim["draws"] == 100 + sim["rejected"] and sim["rejected_fraction"] == sim["rejected"] / sim["draws"]
+    # the ECDF test's null distribution is the first use of analyse's generator (default_rng(0))
+    null = calibrate.uniformity_null(100, L, np.random.default_rng(0))
+    B = 10  # rank-histogram bins: N // 10 = 10 (between 2 and 20, at most L + 1)
+    per_bin = np.bincount(np.arange(L + 1) * B // (L + 1), minlength=B)  # rank values per bin
     for q in report["quantities"]:
         r = np.asarray(q["ranks"])
-        assert len(r) == 100 and r.min() >= 0 and r.max() <= report["settings"]["pooled_draws"]
+        assert len(r) == 100 and r.dtype.kind == "i" and r.min() >= 0 and r.max() <= L, q["name"]
+        assert q["p_value"] == calibrate.ecdf_test(r, L, null), q["name"]
+        # chi-square p-value of the binned ranks, recomputed with scipy
+        observed = np.bincount(r * B // (L + 1), minlength=B)
+        assert q["p_chi2"] == pytest.approx(stats.chisquare(observed, per_bin / (L + 1) * len(r)).pvalue,
+                                            rel=1e-9, abs=1e-300), q["name"]
+        # coverage from the fractional rank u in [r, r + 1) / (L + 1): the counts lie between the ranks
+        # whose whole cell is inside the central interval and those whose cell meets it; nested intervals
+        # give counts that grow with the level
         assert set(q["coverage"]) == {"50", "80", "90", "95"}
-        lo, hi = q["coverage"]["90"]["ci"]
-        assert lo <= q["coverage"]["90"]["fraction"] <= hi
+        lo_u, hi_u = r / (L + 1), (r + 1) / (L + 1)
+        counts = []
+        for level in (50, 80, 90, 95):
+            c = q["coverage"][str(level)]
+            a, b = 0.5 - level / 200, 0.5 + level / 200
+            k = c["covered"]
+            certain, possible = ((lo_u >= a) & (hi_u <= b)).sum(), ((hi_u > a) & (lo_u <= b)).sum()
+            assert certain <= k <= possible, (q["name"], level, certain, k, possible)
+            assert c["fraction"] == k / 100 and tuple(c["ci"]) == pytest.approx(calibrate.clopper_pearson(k, 100))
+            assert c["ci"][0] <= c["fraction"] <= c["ci"][1]
+            counts.append(k)
+        assert counts == sorted(counts), q["name"]
+        assert q["z_abs_gt_3"] * 100 == pytest.approx(round(q["z_abs_gt_3"] * 100)), q["name"]
+    # Holm's step-down adjustment of the verdict quantities' p-values, written out, and the verdict
+    verdict = [q for q in report["quantities"] if q["in_verdict"]]
+    assert verdict and all(q["kind"] != "rotation-dependent" for q in verdict)
+    assert all("p_holm" not in q for q in report["quantities"] if not q["in_verdict"])
+    order = sorted(range(len(verdict)), key=lambda i: verdict[i]["p_value"])
+    running = 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (len(verdict) - j) * verdict[i]["p_value"]))
+        assert verdict[i]["p_holm"] == pytest.approx(running, rel=1e-12)
+    failing = [q["name"] for q in verdict if q["p_holm"] < calibrate.ALPHA]
+    assert report["verdict"]["failing"] == failing and report["verdict"]["passed"] is (not failing)
+    assert report["verdict"]["quantities"] == len(verdict)
+    # the figures: one panel per quantity (a grid of at most 4 columns, 3.6 x 2.7 inches per panel, at
+    # 90 dpi); the recovery figure leaves out the joint quantity (loglik)
+    from PIL import Image
+    other = [q for q in report["quantities"] if not q["in_verdict"]]
+    panels = {"calibration_ranks.png": len(verdict), "calibration_ecdf.png": len(verdict),
+              "calibration_recovery.png": sum(q["kind"] != "joint" for q in verdict),
+              "calibration_ranks_rotation_dependent.png": len(other),
+              "calibration_ecdf_rotation_dependent.png": len(other)}
+    assert other and [Path(p).name for p in report["plots"]] == list(panels)
     for png in report["plots"]:
-        assert Path(png).stat().st_size > 10_000
+        n = min(panels[Path(png).name], calibrate.MAX_PANELS)
+        cols = min(4, n)
+        rows = -(-n // cols)
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.size == (round(3.6 * cols * 90), round(2.7 * rows * 90)), png
+            pixels = np.asarray(im.convert("L"))
+        assert pixels.min() < 100 and pixels.max() > 200, png  # drawn on: dark lines on a white background
     # the sampling ran to the end after the kill (no unwritten, NaN draws)
     tree = Path(cfg.run.dir) / "samples.zarr"
     import zarr
@@ -100,7 +165,7 @@ def test_study_report_and_resume(study):
         calibrate.calibrate(cfg, **STUDY, seed=1, progress=False)
     assert sorted(p.name for p in run_dir.iterdir()) == before
     assert RunDir(run_dir).simulated.read_bytes() == blob
-    assert "PASS" in calibrate.format_report(report).splitlines()[-2]
+    assert calibrate.format_report(report).splitlines()[-2] == f"PASS: {report['verdict']['method']}"
 
 
 def test_prior_draws_match_dynamax_prior():
@@ -157,7 +222,19 @@ def test_simulate_cli_file_runs(tmp_path):
               "--num-sequences", 2, "--missing-fraction", 0.2, "--seed", 3, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
-    assert info["num_datasets"] == 4 and info["draws"] >= 4
+    assert info["out"] == str((tmp_path / "sim.npz").resolve())
+    assert {k: info[k] for k in ("num_datasets", "source", "num_timesteps", "num_sequences", "missing_fraction",
+                                 "seed", "max_abs_emission")} == {
+        "num_datasets": 4, "source": "prior", "num_timesteps": 15, "num_sequences": 2, "missing_fraction": 0.2,
+        "seed": 3, "max_abs_emission": simulate.DEFAULT_MAX_ABS_EMISSION}
+    # every dataset is one kept prior draw; the others were redrawn
+    assert info["draws"] == 4 + info["rejected"] and info["rejected_fraction"] == info["rejected"] / info["draws"]
+    # the file is a deterministic function of its settings: the same simulation in this process gives
+    # the same summary (so the same number of draws) and the same bytes
+    arrays, again = simulate.simulate_arrays(config.load(cfg), num_datasets=4, num_timesteps=15, num_sequences=2,
+                                             missing_fraction=0.2, seed=3)
+    assert again == {k: v for k, v in info.items() if k != "out"}
+    assert (tmp_path / "sim.npz").read_bytes() == simulate.npz_bytes(arrays)
     with np.load(tmp_path / "sim.npz") as f:
         assert f["emissions"].shape == (4, 2, 15, 2) and f["inputs"].shape == (4, 2, 15, 1)
         assert f["true_emissions_cov"].shape == (4, 2, 2) and f["true_dynamics_input_weights"].shape == (4, 1, 1)
@@ -178,7 +255,14 @@ def test_simulate_cli_file_samples(tmp_path):
                "--missing-fraction", 0.2, cwd=tmp_path).returncode == 0
     res = cli("run", cfg, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "run" / "samples.zarr").is_dir()
+    # every draw of the one shard is stored, finite, on the simulated data (NaN where it is missing)
+    assert [p["draws_done"] for p in RunDir(tmp_path / "run").shard_progress()] == [5]
+    import zarr
+    root = zarr.open_group(str(tmp_path / "run" / "samples.zarr"), mode="r")
+    with np.load(tmp_path / "sim.npz") as f:
+        np.testing.assert_array_equal(root["observed_data"]["emissions"][:], f["emissions"])
+    cov = root["posterior"]["emissions_cov"][:]
+    assert cov.shape == (1, 5, 2, 2, 2) and np.isfinite(cov).all()
 
 
 def test_simulate_from_truth_without_true_arrays_exit_2(tmp_path, small_data):

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import cli, write_config
+from helpers import cli, write_config
 from sampler.storage import config, data
+from sampler.core.model import missingness
 from sampler.errors import UserError
 
 LABELS = ["fr", "de", "it"]
@@ -67,7 +68,7 @@ def test_every_format_loads_the_same_arrays(tmp_path, panel):
         ds = _load(tmp_path / name, **keys)
         assert ds.emissions.shape == (3, 1, len(YEARS), 2), name
         np.testing.assert_array_equal(ds.emissions[:, 0], expected, err_msg=name)  # NaN where missing
-        assert ds.partial_missing and not ds.has_sequences, name
+        assert missingness(ds.emissions) == (True, True) and not ds.has_sequences, name
         if name != "p.npz":
             assert list(ds.labels) == order, name
             np.testing.assert_array_equal(ds.times, YEARS, err_msg=name)

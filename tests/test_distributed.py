@@ -18,8 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import cli, simulate, write_config
-from tests.test_resume import assert_same_draws, read_store
+from helpers import assert_same_draws, cli, read_store, simulate, write_config
 
 NUM_DRAWS = 300
 
@@ -102,7 +101,7 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
     """On resume the bar starts at the draws already stored (so draws/s and ETA cover this session
     only) and ends at datasets x draws, fed by run_shard's callbacks (in-process) or by polling the
     checkpoints (Ray)."""
-    from sampler.run import driver, runner
+    from sampler.execution import driver, runner
     root, _ = problem
     run_dir = root / "progress"
     shutil.copytree(root / "reference", run_dir)

@@ -16,7 +16,7 @@ from sampler.analysis import diagnostics
 from sampler.analysis import forecast as fc
 from sampler.core import predictive
 from sampler.core.leaves import LEAVES, params_from_leaves, store_name
-from tests.conftest import cli, simulate, write_config
+from helpers import cli, simulate, write_config
 
 PARTS = ("smooth_mean", "smooth_std", "forecast_mean", "forecast_std")
 HORIZON = 6  # one compiled pass shape for most tests
@@ -156,7 +156,7 @@ def test_cli_forecast_writes_plots(seq_run):
 def test_true_log_prob_is_on_the_scale_of_the_stored_lp(seq_run):
     """The lp figure's true line is the model's log joint at the truth, the quantity stored as lp."""
     from sampler.analysis.plots import true_log_prob
-    from sampler.run.runner import RunContext
+    from sampler.execution.runner import RunContext
     ctx = RunContext.from_run_dir(seq_run)
     y = jnp.asarray(ctx.data.emissions[1])
     truth = params_from_leaves({leaf: jnp.asarray(ctx.data.true_values[leaf][1]) for leaf in LEAVES})
@@ -221,7 +221,7 @@ def test_per_draw_smoothing_and_forecast_equal_dynamax(input_dim, form):
 @pytest.fixture
 def input_run_dir(tmp_path):
     """A prepared (not yet sampled) run dir of a model with inputs."""
-    from sampler.run import runner
+    from sampler.execution import runner
     from sampler.storage import config
     data = simulate(2, input_dim=1, T=20)
     np.savez(tmp_path / "d.npz", **data)

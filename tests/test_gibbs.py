@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sampler
-from tests.conftest import simulate, write_config
+from helpers import simulate, write_config
 
 
 def diag_R(run_dir):

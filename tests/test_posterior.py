@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import sampler
-from sampler.core.leaves import LEAVES, get_leaf, set_leaf, store_name
+from sampler.core.leaves import LEAVES, set_leaf, store_name
 from sampler.core.model import Model
-from tests.conftest import simulate, write_config
+from helpers import simulate, write_config
 
 
 def quadrature_posterior_of_R(data: dict, model: Model):

@@ -15,25 +15,7 @@ import zarr
 
 import sampler
 
-from tests.conftest import cli, simulate, write_config
-
-ARRAYS = [("posterior", "emissions_cov"), ("posterior", "dynamics_weights"), ("posterior", "initial_mean"),
-          ("sample_stats", "lp")]
-
-
-def read_store(run_dir: Path) -> dict:
-    root = zarr.open_group(str(run_dir / "samples.zarr"), mode="r")
-    return {f"{g}/{n}": root[g][n][...] for g, n in ARRAYS}
-
-
-def assert_same_draws(a: Path, b: Path, rtol: float = 0.0):
-    sa, sb = read_store(a), read_store(b)
-    for key in sa:
-        assert np.isfinite(sa[key]).all(), key
-        if rtol:
-            np.testing.assert_allclose(sa[key], sb[key], rtol=rtol, atol=0, err_msg=key)
-        else:
-            np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+from helpers import ARRAYS, assert_same_draws, cli, read_store, simulate, write_config
 
 
 def draws_done(run_dir: Path) -> int:

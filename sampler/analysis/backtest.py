@@ -42,8 +42,8 @@ from sampler.analysis.scores import LEVELS, crps_gaussian, crps_sample, summariz
 from sampler.core.leaves import LEAVES, store_name
 from sampler.core.predictive import compiled_forecast
 from sampler.errors import UserError
-from sampler.run import driver
-from sampler.run.runner import RunContext
+from sampler.execution import driver
+from sampler.execution.runner import RunContext
 from sampler.storage import data as data_mod
 from sampler.storage.config import Config, DataConfig
 from sampler.storage.files import atomic_write

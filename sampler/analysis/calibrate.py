@@ -60,7 +60,7 @@ from sampler.core.precision import configure_jax
 from sampler.core.predictive import log_likelihoods
 from sampler.core.simulation import spectral_radius
 from sampler.errors import UserError
-from sampler.run import driver, runner
+from sampler.execution import driver, runner
 from sampler.storage.config import Config
 from sampler.storage.files import atomic_write
 from sampler.storage.rundir import RunDir

@@ -27,7 +27,7 @@ from sampler.analysis import plots
 from sampler.core.leaves import LEAVES, store_name
 from sampler.core.predictive import Moments, compiled_pass
 from sampler.errors import UserError
-from sampler.run.runner import RunContext
+from sampler.execution.runner import RunContext
 from sampler.storage.data import to_data_scale
 from sampler.storage.rundir import RunDir
 

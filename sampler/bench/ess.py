@@ -33,7 +33,7 @@ import numpy as np
 
 from sampler.bench.measure import min_bulk_ess
 from sampler.bench.problems import bench_config, seed_dataset, seed_hmc_chain, seed_params, write_data
-from sampler.run import runner
+from sampler.execution import runner
 
 TARGET_ESS = 400.0
 BURN_IN = 500

@@ -23,7 +23,7 @@ import zarr
 
 from sampler.bench.measure import min_bulk_ess
 from sampler.bench.problems import bench_config, seed_hmc_chain, write_data
-from sampler.run import driver, runner
+from sampler.execution import driver, runner
 from sampler.storage import config
 from sampler.storage.rundir import RunDir
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Optional
 
 from sampler.errors import UserError
-from sampler.run.distributed import GPUS_ENV
-from sampler.run.runner import RunContext
+from sampler.execution.distributed import GPUS_ENV
+from sampler.execution.runner import RunContext
 from sampler.storage import config
 
 #: the ``sampler`` package directory, shipped to the cluster as a ``py_module``

@@ -12,8 +12,8 @@ from typing import Optional
 import ray
 
 from sampler.errors import UserError
-from sampler.run import runner
-from sampler.run.runner import RunContext
+from sampler.execution import runner
+from sampler.execution.runner import RunContext
 from sampler.storage.config import Config
 from sampler.storage.rundir import Shard
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from sampler.run import runner
-from sampler.run.runner import RunContext
+from sampler.execution import runner
+from sampler.execution.runner import RunContext
 from sampler.storage.config import Config
 from sampler.storage.rundir import RunDir
 
@@ -69,7 +69,7 @@ def start_ray_if_requested(workers: int, address: Optional[str]) -> bool:
     if workers <= 0 and address is None:
         return False
     # imported here, not at the top: importing Ray costs seconds, and in-process runs never need it
-    from sampler.run import distributed
+    from sampler.execution import distributed
     distributed.start_ray(address, workers)
     return True
 
@@ -91,7 +91,7 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
         tracker = Progress(ctx, resumed, enabled=progress)
         try:
             if use_ray:
-                from sampler.run import distributed
+                from sampler.execution import distributed
                 distributed.run_shards(ctx, max(workers, 1), tracker)
             else:
                 _run_in_process(ctx, tracker)

@@ -1,0 +1,1 @@
+"""Execution: one shard's host loop (``runner``), the driver, Ray actors and Ray Jobs."""

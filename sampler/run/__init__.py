@@ -1,1 +1,0 @@
-"""Running: one shard's host loop (``runner``), the driver, Ray actors and Ray Jobs."""

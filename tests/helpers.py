@@ -1,0 +1,100 @@
+"""Shared test helpers: small simulated datasets, config files, a CLI runner (subprocess, with a
+timeout) and store comparisons.
+
+Tests import them as ``from helpers import ...``: ``tests/`` has no ``__init__.py``, so pytest (its
+default ``prepend`` import mode) puts ``tests/`` itself on ``sys.path``, as it does for the test
+modules and ``conftest.py``; this works with ``pytest`` and ``python -m pytest`` from any directory.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import zarr
+
+
+def simulate(num_datasets: int, state_dim: int = 1, emission_dim: int = 2, T: int = 40, seed: int = 0,
+             num_sequences: int | None = None, input_dim: int = 0) -> dict:
+    """Datasets from one dynamax LG-SSM with fixed, well-conditioned parameters (numpy arrays)."""
+    import jax.numpy as jnp
+    import jax.random as jr
+    from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM
+    from sampler.core.leaves import LEAVES, get_leaf, store_name
+    m = LinearGaussianConjugateSSM(state_dim, emission_dim, input_dim)
+    params, _ = m.initialize(jr.PRNGKey(seed), dynamics_weights=0.9 * jnp.eye(state_dim),
+                             dynamics_covariance=0.1 * jnp.eye(state_dim),
+                             emission_covariance=0.2 * jnp.eye(emission_dim))
+    M = num_sequences or 1
+    keys = jr.split(jr.PRNGKey(seed + 1), num_datasets * M)
+    u = jr.normal(jr.PRNGKey(seed + 2), (num_datasets * M, T, input_dim)) if input_dim else None
+    if input_dim:
+        ys = jax.vmap(lambda k, uu: m.sample(params, k, T, inputs=uu)[1])(keys, u)
+    else:
+        ys = jax.vmap(lambda k: m.sample(params, k, T)[1])(keys)
+    ys = np.array(ys).reshape(num_datasets, M, T, emission_dim)
+    out = {"emissions": ys if num_sequences else ys[:, 0]}
+    if input_dim:
+        uu = np.asarray(u).reshape(num_datasets, M, T, input_dim)
+        out["inputs"] = uu if num_sequences else uu[:, 0]
+    for leaf in LEAVES:
+        out[f"true_{store_name(leaf)}"] = np.asarray(get_leaf(params, leaf))
+    return out
+
+
+def write_config(path: Path, data: str, *, state_dim=1, emission_dim=2, extra: str = "", **sections) -> Path:
+    """A config TOML; ``sections`` are dicts of keys per section overriding the small defaults."""
+    base = {
+        "model": {"state_dim": state_dim, "emission_dim": emission_dim},
+        "data": {"path": data},
+        "sampler": {"num_chains": 2, "num_warmup": 20, "num_draws": 30, "seed": 0},
+        "run": {"dir": "run", "checkpoint_every": 10, "workers": 0},
+    }
+    for name, values in sections.items():
+        base[name].update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        for k, v in values.items():
+            if isinstance(v, str):
+                lines.append(f'{k} = "{v}"')
+            elif isinstance(v, bool):
+                lines.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, list):
+                lines.append(f"{k} = [{', '.join(repr(x).replace(chr(39), chr(34)) for x in v)}]")
+            else:
+                lines.append(f"{k} = {v}")
+        lines.append("")
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``python -m sampler ARGS`` in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "sampler", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+#: the store arrays compared between runs that must give the same draws.
+ARRAYS = [("posterior", "emissions_cov"), ("posterior", "dynamics_weights"), ("posterior", "initial_mean"),
+          ("sample_stats", "lp")]
+
+
+def read_store(run_dir: Path) -> dict:
+    root = zarr.open_group(str(run_dir / "samples.zarr"), mode="r")
+    return {f"{g}/{n}": root[g][n][...] for g, n in ARRAYS}
+
+
+def assert_same_draws(a: Path, b: Path, rtol: float = 0.0):
+    sa, sb = read_store(a), read_store(b)
+    for key in sa:
+        assert np.isfinite(sa[key]).all(), key
+        if rtol:
+            np.testing.assert_allclose(sa[key], sb[key], rtol=rtol, atol=0, err_msg=key)
+        else:
+            np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
