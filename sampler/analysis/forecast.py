@@ -94,8 +94,8 @@ def _pad(x: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
 
 
 # --- the run-level computation -----------------------------------------------------------------------
-def _check_arguments(ctx: RunContext, horizon: int, burn_in: int, thin: int, plot) -> int:
-    """Validate the command's arguments against the run; returns the draws stored per chain."""
+def _check_arguments(ctx: RunContext, horizon: int, burn_in: int, thin: int, plot) -> None:
+    """Validate the command's arguments against the run."""
     if horizon < 1:
         raise UserError(f"--horizon {horizon}: must be at least 1")
     if burn_in < 0 or thin < 1:
@@ -104,11 +104,6 @@ def _check_arguments(ctx: RunContext, horizon: int, burn_in: int, thin: int, plo
     for i in plot or []:
         if not 0 <= i < N:
             raise UserError(f"--plot {i}: no such dataset (the run has datasets 0..{N - 1})")
-    available = ctx.run_dir.draws_available()
-    if available <= burn_in:
-        raise UserError(f"{ctx.run_dir.path}: {available} draws stored per chain so far; nothing left after "
-                        f"--burn-in {burn_in}")
-    return available
 
 
 def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: int = 1,
@@ -133,9 +128,13 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
     start = time.perf_counter()
     ctx = RunContext.from_run_dir(run_dir)
     rd, data = ctx.run_dir, ctx.data
-    available = _check_arguments(ctx, horizon, burn_in, thin, plot)
+    _check_arguments(ctx, horizon, burn_in, thin, plot)
     N, M, T, D = data.emissions.shape
     future = _future_inputs(ctx, horizon)
+    available = rd.draws_available()
+    if available <= burn_in:
+        raise UserError(f"{rd.path}: {available} draws stored per chain so far; nothing left after "
+                        f"--burn-in {burn_in}")
     inputs = data.inputs if data.inputs is not None else np.zeros((N, M, T, 0))
     posterior = zarr.open_group(str(rd.store), mode="r")["posterior"]
     chains = posterior[store_name(LEAVES[0])].shape[0]
