@@ -148,10 +148,11 @@ def test_run_status_summary_and_store_layout(tmp_path):
                                "ess_threshold": 400.0,
                                "with_divergences": sum(r["divergences"] > 0 for r in sm["datasets"])}
     # lp = log prior + log likelihood, here against dynamax's own prior and filter for dataset 1 (no
-    # missing entries: dynamax's filter takes no NaN), both sequences, at a few stored draws
+    # missing entries: dynamax's filter takes no NaN), both sequences, at one stored draw (dynamax runs
+    # eagerly here, seconds per draw; test_model checks the log density itself at many points)
     ssm = LinearGaussianConjugateSSM(1, 2)
     y = data["emissions"][1]
-    for c, k in ((0, 0), (0, 17), (1, 29)):
+    for c, k in ((1, 17),):
         v = {name: jnp.asarray(post[name].values[c, k, 1]) for name in post.data_vars}
         params = ParamsLGSSM(
             initial=ParamsLGSSMInitial(mean=v["initial_mean"], cov=v["initial_cov"]),

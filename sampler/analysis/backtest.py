@@ -187,7 +187,9 @@ SERIAL_TASKS = 64
 def _sm_fit_forecast(model: str, y: np.ndarray, horizon: int) -> tuple:
     """Fit one statsmodels model by MLE on y (T, D) (NaN = missing) -> (mean (H, D), std (H, D), error).
 
-    ``error`` is None, or a one-line description of the failure (then mean and std are NaN)."""
+    ``error`` is None, or a one-line description of the failure (then mean and std are NaN).
+    statsmodels is imported here, in the (spawned) fitting process, not with the module: it takes
+    seconds and only backtests compared with statsmodels need it."""
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
     nan = np.full((horizon, y.shape[1]), np.nan)

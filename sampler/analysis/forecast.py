@@ -94,16 +94,17 @@ def _pad(x: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
 
 
 # --- the run-level computation -----------------------------------------------------------------------
-def _check_arguments(ctx: RunContext, horizon: int, burn_in: int, thin: int, plot) -> None:
-    """Validate the command's arguments against the run."""
+def _check_arguments(horizon: int, burn_in: int, thin: int) -> None:
     if horizon < 1:
         raise UserError(f"--horizon {horizon}: must be at least 1")
     if burn_in < 0 or thin < 1:
         raise UserError(f"--burn-in {burn_in} / --thin {thin}: need burn-in >= 0 and thin >= 1")
-    N = ctx.data.num_datasets
+
+
+def _check_plot(plot, num_datasets: int) -> None:
     for i in plot or []:
-        if not 0 <= i < N:
-            raise UserError(f"--plot {i}: no such dataset (the run has datasets 0..{N - 1})")
+        if not 0 <= i < num_datasets:
+            raise UserError(f"--plot {i}: no such dataset (the run has datasets 0..{num_datasets - 1})")
 
 
 def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: int = 1,
@@ -126,10 +127,11 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
         UserError: bad arguments, no draws left after burn-in, missing or mis-shaped future inputs.
     """
     start = time.perf_counter()
+    _check_arguments(horizon, burn_in, thin)
     ctx = RunContext.from_run_dir(run_dir)
     rd, data = ctx.run_dir, ctx.data
-    _check_arguments(ctx, horizon, burn_in, thin, plot)
     N, M, T, D = data.emissions.shape
+    _check_plot(plot, N)
     future = _future_inputs(ctx, horizon)
     available = rd.draws_available()
     if available <= burn_in:

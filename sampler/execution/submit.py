@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import ray.exceptions
+from ray.job_submission import JobSubmissionClient
+
 from sampler.errors import UserError
 from sampler.execution.distributed import GPUS_ENV
 from sampler.execution.runner import RunContext
@@ -61,8 +64,6 @@ def _use_token_if_available() -> bool:
 
 def _client(address: str):
     """(client, whether it authenticates with a token)."""
-    import ray.exceptions
-    from ray.job_submission import JobSubmissionClient
     logging.getLogger("ray").setLevel(logging.WARNING)  # no per-package upload chatter
     # its warning is about starting a cluster ("set RAY_AUTH_MODE=disabled to opt out"), not this client
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
