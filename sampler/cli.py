@@ -24,9 +24,9 @@ def _config_with_run_dir(args):
 
 
 def _run(args) -> int:
+    cfg = _config_with_run_dir(args)  # a bad config is reported before JAX and the layers are loaded
     from sampler.analysis import diagnostics
     from sampler.execution import driver
-    cfg = _config_with_run_dir(args)
     run_dir = driver.execute(cfg, workers=args.workers, address=args.address)
     print(diagnostics.format_table(diagnostics.summarize(run_dir), limit=20))
     print(f"run dir: {run_dir}")
@@ -39,9 +39,9 @@ def _run_dir(path: str):
 
 
 def _status(args) -> int:
-    from sampler.execution import driver
+    from sampler.storage.rundir import format_status
     rd = _run_dir(args.dir)
-    print(json.dumps(rd.shard_progress(), indent=1) if args.json else driver.format_status(rd))
+    print(json.dumps(rd.shard_progress(), indent=1) if args.json else format_status(rd))
     return 0
 
 

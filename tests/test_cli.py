@@ -80,8 +80,7 @@ def test_run_status_summary_and_store_layout(tmp_path):
     from dynamax.linear_gaussian_ssm import (LinearGaussianConjugateSSM, ParamsLGSSM, ParamsLGSSMDynamics,
                                              ParamsLGSSMEmissions, ParamsLGSSMInitial)
     from sampler.analysis import diagnostics
-    from sampler.execution import driver
-    from sampler.storage.rundir import RunDir
+    from sampler.storage.rundir import RunDir, format_status
     data = simulate(3, num_sequences=2)
     data["emissions"][0, 1, 5] = np.nan       # a missing row
     data["emissions"][2, 0, 7, 1] = np.nan    # a partly missing row
@@ -104,7 +103,7 @@ def test_run_status_summary_and_store_layout(tmp_path):
                  "failures": 0}]
     assert json.loads(st.stdout) == expected == RunDir(run_dir).shard_progress()
     text = cli("status", run_dir).stdout
-    assert text == driver.format_status(RunDir(run_dir)) + "\n"
+    assert text == format_status(RunDir(run_dir)) + "\n"
     assert text.splitlines()[1:] == [f"{0:>5} {'0-1':>15} {'done':>6} {30:>6}/{30:<6} {'20,30':>20} {0:>8}",
                                      f"{1:>5} {'2-2':>15} {'done':>6} {30:>6}/{30:<6} {'20,30':>20} {0:>8}",
                                      "2 of 2 shards complete"]

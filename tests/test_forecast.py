@@ -15,7 +15,8 @@ import sampler
 from sampler.analysis import diagnostics
 from sampler.analysis import forecast as fc
 from sampler.core import predictive
-from sampler.core.leaves import LEAVES, params_from_leaves, store_name
+from sampler.core.leaves import LEAVES, store_name
+from sampler.core.model import params_from_leaves
 from helpers import cli, simulate, write_config
 
 PARTS = ("smooth_mean", "smooth_std", "forecast_mean", "forecast_std")

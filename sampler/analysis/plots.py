@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sampler.analysis import diagnostics  # noqa: E402
-from sampler.core.leaves import LEAVES, params_from_leaves  # noqa: E402
+from sampler.core.leaves import LEAVES  # noqa: E402
+from sampler.core.model import params_from_leaves  # noqa: E402
 from sampler.execution.runner import RunContext  # noqa: E402
 from sampler.storage.data import to_data_scale  # noqa: E402
 from sampler.storage.rundir import RunDir  # noqa: E402

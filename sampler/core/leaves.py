@@ -2,14 +2,13 @@
 
 Every per-leaf fact (a leaf's shape, its Zarr dims, the data file's ``init_<leaf>`` name, which of
 its scalars are distinct) is read from ``TABLE``, so model, store and data agree by construction.
+Plain Python and numpy: the config imports it, and a bad config is reported before JAX is loaded.
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from dynamax.linear_gaussian_ssm import (ParamsLGSSM, ParamsLGSSMDynamics, ParamsLGSSMEmissions,
-                                         ParamsLGSSMInitial)
 
 
 class Leaf(NamedTuple):
@@ -74,14 +73,3 @@ def get_leaf(tree, leaf: str):
 def set_leaf(tree, leaf: str, value):
     group, field = leaf.split(".")
     return tree._replace(**{group: getattr(tree, group)._replace(**{field: value})})
-
-
-def params_from_leaves(values: Mapping[str, object]) -> ParamsLGSSM:
-    """dynamax ``ParamsLGSSM`` from dotted leaf name -> value (every leaf of ``LEAVES``)."""
-    v = values
-    return ParamsLGSSM(
-        initial=ParamsLGSSMInitial(mean=v["initial.mean"], cov=v["initial.cov"]),
-        dynamics=ParamsLGSSMDynamics(weights=v["dynamics.weights"], bias=v["dynamics.bias"],
-                                     input_weights=v["dynamics.input_weights"], cov=v["dynamics.cov"]),
-        emissions=ParamsLGSSMEmissions(weights=v["emissions.weights"], bias=v["emissions.bias"],
-                                       input_weights=v["emissions.input_weights"], cov=v["emissions.cov"]))

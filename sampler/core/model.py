@@ -9,18 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM, ParamsLGSSM, lgssm_filter
+from dynamax.linear_gaussian_ssm import (LinearGaussianConjugateSSM, ParamsLGSSM, ParamsLGSSMDynamics,
+                                         ParamsLGSSMEmissions, ParamsLGSSMInitial, lgssm_filter)
 from dynamax.parameters import ParameterProperties
 from dynamax.utils.bijectors import RealToPSDBijector
 
 from sampler.core import priors
 from sampler.core.kalman import marginal_log_prob
 from sampler.core.leaves import LEAVES, TABLE, get_leaf, is_covariance, leaf_shape, set_leaf
+
+
+def params_from_leaves(values: Mapping[str, object]) -> ParamsLGSSM:
+    """dynamax ``ParamsLGSSM`` from dotted leaf name -> value (every leaf of ``LEAVES``)."""
+    v = values
+    return ParamsLGSSM(
+        initial=ParamsLGSSMInitial(mean=v["initial.mean"], cov=v["initial.cov"]),
+        dynamics=ParamsLGSSMDynamics(weights=v["dynamics.weights"], bias=v["dynamics.bias"],
+                                     input_weights=v["dynamics.input_weights"], cov=v["dynamics.cov"]),
+        emissions=ParamsLGSSMEmissions(weights=v["emissions.weights"], bias=v["emissions.bias"],
+                                       input_weights=v["emissions.input_weights"], cov=v["emissions.cov"]))
 
 
 def missingness(emissions: np.ndarray) -> tuple[bool, bool]:

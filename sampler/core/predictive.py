@@ -20,8 +20,8 @@ import numpy as np
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core.kalman import kalman_filter, predict, small_cholesky, small_solve_lower
-from sampler.core.leaves import params_from_leaves, set_leaf
-from sampler.core.model import Model
+from sampler.core.leaves import set_leaf
+from sampler.core.model import Model, params_from_leaves
 
 
 def rts_smoother(filtered_means, filtered_covs, params: ParamsLGSSM, inputs):

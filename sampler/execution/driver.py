@@ -99,18 +99,3 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
             tracker.close()
     return run_dir.path
 
-
-def format_status(run_dir: RunDir) -> str:
-    """``sampler status``: one row per shard (datasets, warmup, draws done of the total, checkpoint
-    steps, failures) and how many shards are complete."""
-    rows = run_dir.shard_progress()
-    total = run_dir.config().sampler.num_draws
-    lines = [f"{'shard':>5} {'datasets':>15} {'warmup':>6} {'draws':>13} {'checkpoints':>20} {'failures':>8}"]
-    for r in rows:
-        a, b = r["datasets"]
-        lines.append(f"{r['shard']:>5} {f'{a}-{b - 1}':>15} {'done' if r['warmup_done'] else '-':>6} "
-                     f"{r['draws_done']:>6}/{total:<6} {','.join(map(str, r['checkpoints'])) or '-':>20} "
-                     f"{r['failures']:>8}")
-    done = sum(r["draws_done"] == total for r in rows)
-    lines.append(f"{done} of {len(rows)} shards complete")
-    return "\n".join(lines)
