@@ -30,12 +30,14 @@ from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import gibbs
 from sampler.core.model import Model
+from sampler.core.structural import gibbs as structural_gibbs
+from sampler.core.structural.model import StructuralModel
 
 
 class Target(NamedTuple):
     """One dataset's posterior: the model, the chain's anchor (frozen values) and the data."""
-    model: Model
-    anchor: ParamsLGSSM
+    model: Model | StructuralModel
+    anchor: ParamsLGSSM | dict
     emissions: jax.Array             # (M, T, D)
     inputs: Optional[jax.Array]      # (M, T, U) or None
 
@@ -180,14 +182,15 @@ def build_chees(settings: KernelSettings) -> Kernel:
 
 
 def build_gibbs(settings: KernelSettings) -> Kernel:
-    """Blocked Gibbs (``sampler.core.gibbs``): no tuning; warmup is plain burn-in.
+    """Blocked Gibbs: ``sampler.core.gibbs`` for the general LG-SSM, ``sampler.core.structural.gibbs``
+    for a structural model; no tuning; warmup is plain burn-in.
 
     Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
     """
     def sweep(key, position, target: Target):
         model = target.model
-        params = gibbs.gibbs_sweep(key, model, model.to_params(position, target.anchor),
-                                   target.emissions, target.inputs)
+        sweep = structural_gibbs.gibbs_sweep if isinstance(model, StructuralModel) else gibbs.gibbs_sweep
+        params = sweep(key, model, model.to_params(position, target.anchor), target.emissions, target.inputs)
         return model.to_position(params)
 
     def init(position, target: Target) -> ChainState:

@@ -1,0 +1,1 @@
+"""Structural time-series models: components, their LG-SSM, their Gibbs sampler."""
