@@ -39,7 +39,7 @@ from scipy import stats
 
 from sampler.analysis.plots import save_figure
 from sampler.analysis.scores import LEVELS, crps_gaussian, crps_sample, summarize
-from sampler.core.leaves import LEAVES, store_name
+from sampler.core.leaves import store_name
 from sampler.core.predictive import compiled_forecast
 from sampler.errors import UserError
 from sampler.execution import driver
@@ -155,21 +155,22 @@ def predictive_samples(ctx: RunContext, future_inputs: np.ndarray, seed: int) ->
     W, M, L, D = data.emissions.shape
     inputs = data.inputs if data.inputs is not None else np.zeros((W, M, L, 0))
     posterior = zarr.open_group(str(ctx.run_dir.store), mode="r")["posterior"]
-    C, S = posterior[store_name(LEAVES[0])].shape[:2]
+    names = list(ctx.model.variables)
+    C, S = posterior[names[0]].shape[:2]
     keep = np.unique(np.linspace(0, C * S - 1, min(MAX_DRAWS, C * S)).round().astype(int))
-    fn = compiled_forecast(ctx.model.predictive_form, ctx.model.partial_missing)
+    fn = compiled_forecast(ctx.model.lgssm, ctx.model.predictive_form, ctx.model.partial_missing)
     rng = np.random.default_rng(seed)
     out = np.empty((len(keep), W, M, future_inputs.shape[2], D))
     for a in range(0, W, BLOCK):
         b = min(a + BLOCK, W)
         pad = np.minimum(np.arange(a, a + BLOCK), b - 1)  # fixed block shape: one compilation
-        leaves = {}
-        for leaf in LEAVES:
-            v = posterior[store_name(leaf)][:, :, a:b]
+        values = {}
+        for name in names:
+            v = posterior[name][:, :, a:b]
             v = v.reshape((C * S,) + v.shape[2:])[keep]
-            leaves[leaf] = v[:, pad - a]
+            values[name] = v[:, pad - a]
         mean, var = (np.asarray(x)[:, :b - a] for x in
-                     fn(leaves, data.emissions[pad], inputs[pad], future_inputs[pad]))
+                     fn(values, data.emissions[pad], inputs[pad], future_inputs[pad]))
         draw = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
         out[:, a:b] = np.moveaxis(data_mod.to_data_scale(
             np.moveaxis(draw, 0, 1), None if data.center is None else data.center[a:b],

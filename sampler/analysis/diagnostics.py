@@ -20,9 +20,9 @@ from scipy import special
 from scipy.fft import next_fast_len
 
 from sampler.core.leaves import LEAVES, is_covariance, scalar_entries, store_name
+from sampler.core.model import Model
 from sampler.storage.rundir import RunDir
 
-INVARIANT = ("emissions_cov",)
 RHAT_OK, ESS_OK = 1.01, 400.0
 #: bytes of draws loaded at once (a shard's draws of the diagnosed entries, split by datasets if larger).
 LOAD_BYTES = 256 * 2 ** 20
@@ -197,8 +197,9 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
     root = zarr.open_group(str(rd.store), mode="r")
     posterior, stats_group = root["posterior"], root["sample_stats"]
     frozen = set(root.attrs.get("frozen", []))
+    identified = set(root.attrs.get("identified", Model.identified))  # runs before it was recorded
     names = [v for v in sorted(posterior.array_keys(), key=_leaf_order) if posterior[v].size > 0
-             and v.replace("_", ".", 1) not in frozen and (all_leaves or v in INVARIANT)]
+             and v.replace("_", ".", 1) not in frozen and (all_leaves or v in identified)]
     arrays = {v: posterior[v] for v in names}
     if all_leaves:
         arrays["lp"] = stats_group["lp"]

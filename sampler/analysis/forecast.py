@@ -24,7 +24,6 @@ import numpy as np
 import zarr
 
 from sampler.analysis import plots
-from sampler.core.leaves import LEAVES, store_name
 from sampler.core.predictive import Moments, compiled_pass
 from sampler.errors import UserError
 from sampler.execution.runner import RunContext
@@ -70,11 +69,10 @@ def _blocks(total: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, total)) for a in range(0, total, size)]
 
 
-def _read_layout(posterior: zarr.Group, num_datasets: int, draws: int) -> tuple[int, int]:
+def _read_layout(posterior: zarr.Group, names: list[str], num_datasets: int, draws: int) -> tuple[int, int]:
     """(datasets, draws) per read: the store's chunk, halved (draws first) until it fits READ_BYTES."""
-    first = posterior[store_name(LEAVES[0])]
-    chains, draw_chunk, ds_chunk = first.chunks[:3]
-    per_draw_dataset = 8 * chains * sum(int(np.prod(posterior[store_name(l)].shape[3:])) for l in LEAVES)
+    chains, draw_chunk, ds_chunk = posterior[names[0]].chunks[:3]
+    per_draw_dataset = 8 * chains * sum(int(np.prod(posterior[n].shape[3:])) for n in names)
     d, k = min(ds_chunk, num_datasets), min(draw_chunk, draws)
     while d * k * per_draw_dataset > READ_BYTES and (k > 1 or d > 1):
         if k > 1:
@@ -139,12 +137,13 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
                         f"--burn-in {burn_in}")
     inputs = data.inputs if data.inputs is not None else np.zeros((N, M, T, 0))
     posterior = zarr.open_group(str(rd.store), mode="r")["posterior"]
-    chains = posterior[store_name(LEAVES[0])].shape[0]
+    names = list(ctx.model.variables)
+    chains = posterior[names[0]].shape[0]
     keep = np.arange(burn_in, available, thin)
-    ds_read, draw_read = _read_layout(posterior, N, available)
+    ds_read, draw_read = _read_layout(posterior, names, N, available)
     batch = max_batch or max(1, PASS_BYTES // (8 * M * (T + horizon) * D * 8))  # results + temporaries
     n_pass = min(ds_read, batch)
-    passes = _Passes(compiled_pass(ctx.model.predictive_form, ctx.model.partial_missing), n_pass,
+    passes = _Passes(compiled_pass(ctx.model.lgssm, ctx.model.predictive_form, ctx.model.partial_missing), n_pass,
                      max(1, min(batch // n_pass, chains * len(keep))), ctx.dtype)
     attrs = {"horizon": horizon, "burn_in": burn_in, "thin": thin, "chains": chains,
              "draws_per_chain": len(keep), "draws_available": available,
@@ -157,8 +156,8 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
             for r0, r1 in _blocks(available, draw_read):
                 sel = keep[(keep >= r0) & (keep < r1)] - r0
                 if sel.size:
-                    leaves = {leaf: posterior[store_name(leaf)][:, r0:r1, a:b][:, sel] for leaf in LEAVES}
-                    moments = moments.merge(passes.run(leaves, [x[a:b] for x in (data.emissions, inputs, future)]))
+                    values = {name: posterior[name][:, r0:r1, a:b][:, sel] for name in names}
+                    moments = moments.merge(passes.run(values, [x[a:b] for x in (data.emissions, inputs, future)]))
             _write_moments(arrays, moments, data, a, b, T, horizon)
         _swap_in(tmp, rd)
     finally:
@@ -189,20 +188,21 @@ class _Passes:
     draws: int      # (chain, draw) samples per pass
     dtype: type
 
-    def run(self, leaves: Mapping[str, np.ndarray], data: list[np.ndarray]) -> Moments:
-        """leaves: dotted leaf -> (C, k, n, ...) draws; data: emissions, inputs, future inputs (n, M, ...).
+    def run(self, values: Mapping[str, np.ndarray], data: list[np.ndarray]) -> Moments:
+        """values: posterior variable -> (C, k, n, ...) draws; data: emissions, inputs, future inputs
+        (n, M, ...).
 
         Returns the moments over all C * k draws, arrays (n, M, T + H, D)."""
-        leaves = {leaf: v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:]).astype(self.dtype)
-                  for leaf, v in leaves.items()}
-        K = leaves[LEAVES[0]].shape[0]
+        values = {name: v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:]).astype(self.dtype)
+                  for name, v in values.items()}
+        K = next(iter(values.values())).shape[0]
         parts = []
         for p0, p1 in _blocks(data[0].shape[0], self.datasets):
             ys, us, fs = (_pad(x[p0:p1].astype(self.dtype), self.datasets) for x in data)
             acc = Moments(0, None, None, None)
             for k0, k1 in _blocks(K, self.draws):
-                block = {leaf: _pad(_pad(v[k0:k1, p0:p1], self.datasets, 1), self.draws)
-                         for leaf, v in leaves.items()}
+                block = {name: _pad(_pad(v[k0:k1, p0:p1], self.datasets, 1), self.draws)
+                         for name, v in values.items()}
                 weights = (np.arange(self.draws) < k1 - k0).astype(self.dtype)
                 res = jax.tree.map(np.asarray, self.fn(block, ys, us, fs, weights))
                 n = p1 - p0

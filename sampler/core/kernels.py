@@ -181,16 +181,35 @@ def build_chees(settings: KernelSettings) -> Kernel:
     return Kernel("chees", _hmc_init, warmup, step, cross_chain=True)
 
 
+#: warmup sweeps below which the Gibbs warmup's variance estimate is not used (unit variances).
+MIN_VARIANCE_SWEEPS = 20
+
+
+def _warmup_variance(path, position):
+    """Per-coordinate variance of the second half of a warmup's positions (num_steps, dim), floored
+    at 1e-4; ones when the warmup is shorter than MIN_VARIANCE_SWEEPS.  A structural model's Gibbs
+    sweep scales its marginal Metropolis moves by it; the general sweep does not read it."""
+    if path.shape[0] < MIN_VARIANCE_SWEEPS:
+        return jnp.ones_like(position)
+    return jnp.maximum(jnp.var(path[path.shape[0] // 2:], axis=0), 1e-4)
+
+
 def build_gibbs(settings: KernelSettings) -> Kernel:
     """Blocked Gibbs: ``sampler.core.gibbs`` for the general LG-SSM, ``sampler.core.structural.gibbs``
     for a structural model; no tuning; warmup is plain burn-in.
 
     Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
+    Its tuning's ``inverse_mass_matrix`` is the warmup's variance of each coordinate (the posterior
+    variance, as HMC's), which scales a structural sweep's marginal moves.
     """
-    def sweep(key, position, target: Target):
+    def sweep(key, position, target: Target, tuning: Optional[Tuning]):
         model = target.model
-        sweep = structural_gibbs.gibbs_sweep if isinstance(model, StructuralModel) else gibbs.gibbs_sweep
-        params = sweep(key, model, model.to_params(position, target.anchor), target.emissions, target.inputs)
+        params = model.to_params(position, target.anchor)
+        if isinstance(model, StructuralModel):
+            step_sd = None if tuning is None else structural_gibbs.proposal_sd(jnp.sqrt(tuning.inverse_mass_matrix))
+            params = structural_gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs, step_sd)
+        else:
+            params = gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs)
         return model.to_position(params)
 
     def init(position, target: Target) -> ChainState:
@@ -198,16 +217,18 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
         return ChainState(position, target.logdensity_fn()(position), jnp.zeros_like(position))
 
     def step(key, state, target: Target, tuning: Tuning, draw):
-        position = sweep(key, state.position, target)
+        position = sweep(key, state.position, target, tuning)
         nan = jnp.full((), jnp.nan, position.dtype)
         stats = StepStats(jnp.ones((), position.dtype), jnp.zeros((), bool), jnp.ones((), jnp.int32), nan)
         return init(position, target), stats
 
     def warmup(key, position, target: Target, num_steps: int):
-        position, _ = jax.lax.scan(lambda x, k: (sweep(k, x, target), None), position,
-                                   jax.random.split(key, num_steps))
+        def one(x, k):
+            x = sweep(k, x, target, None)
+            return x, x
+        position, path = jax.lax.scan(one, position, jax.random.split(key, num_steps))
         nan = jnp.full((), jnp.nan, position.dtype)
-        return init(position, target), Tuning(nan, jnp.ones_like(position), nan)
+        return init(position, target), Tuning(nan, _warmup_variance(path, position), nan)
 
     return Kernel("gibbs", init, warmup, step)
 

@@ -21,7 +21,7 @@ from dynamax.utils.bijectors import RealToPSDBijector
 
 from sampler.core import priors
 from sampler.core.kalman import marginal_log_prob
-from sampler.core.leaves import LEAVES, TABLE, get_leaf, is_covariance, leaf_shape, set_leaf
+from sampler.core.leaves import LEAVES, TABLE, get_leaf, is_covariance, leaf_shape, set_leaf, store_name
 
 
 def params_from_leaves(values: Mapping[str, object]) -> ParamsLGSSM:
@@ -92,6 +92,26 @@ class Model:
 
     def leaf_shape(self, leaf: str) -> tuple[int, ...]:
         return leaf_shape(leaf, self.state_dim, self.emission_dim, self.input_dim)
+
+    # --- posterior variables (what the store holds; shared with ``StructuralModel``) -------------
+    @property
+    def variables(self) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+        """Posterior variable (a leaf's store name) -> (shape per dataset, dim names)."""
+        return {store_name(leaf): (self.leaf_shape(leaf), TABLE[leaf].dims) for leaf in LEAVES}
+
+    #: variables the likelihood identifies (the others move along its invariant directions, so
+    #: their R-hat says nothing about convergence): the default of ``sampler summary``.
+    identified = ("emissions_cov",)
+
+    @staticmethod
+    def variable_values(params: ParamsLGSSM) -> dict:
+        """Store name -> value of every leaf of ``params`` (any leading axes)."""
+        return {store_name(leaf): get_leaf(params, leaf) for leaf in LEAVES}
+
+    @staticmethod
+    def lgssm(values: Mapping[str, jax.Array]) -> ParamsLGSSM:
+        """dynamax ``ParamsLGSSM`` of one draw's variables (store name -> value)."""
+        return params_from_leaves({leaf: values[store_name(leaf)] for leaf in LEAVES})
 
     # --- filter forms: the one policy for which Kalman form computes what ------------------------
     @property

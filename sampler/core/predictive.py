@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core.kalman import kalman_filter, predict, small_cholesky, small_solve_lower
 from sampler.core.leaves import set_leaf
-from sampler.core.model import Model, params_from_leaves
+from sampler.core.model import Model
 
 
 def rts_smoother(filtered_means, filtered_covs, params: ParamsLGSSM, inputs):
@@ -125,12 +125,13 @@ class Moments:
 jax.tree_util.register_dataclass(Moments, data_fields=["count", "mean", "m2", "mean_var"], meta_fields=[])
 
 
-def pass_moments(leaves: Mapping[str, jax.Array], emissions, inputs, future_inputs, weights, *,
-                 form: str = "auto", partial_missing: bool = True):
+def pass_moments(values: Mapping[str, jax.Array], emissions, inputs, future_inputs, weights, *,
+                 to_lgssm: Callable = Model.lgssm, form: str = "auto", partial_missing: bool = True):
     """Weighted moments over a block of K draws of n datasets (one compiled pass).
 
     Args:
-        leaves: dotted leaf -> (K, n, *leaf_shape) constrained draws.
+        values: posterior variable -> (K, n, *shape) constrained draws.
+        to_lgssm: one draw's variables -> ``ParamsLGSSM`` (the model's ``lgssm``).
         emissions: (n, M, T, D).  inputs: (n, M, T, U).  future_inputs: (n, M, H, U).
         weights: (K,) 1 for a draw to count, 0 for padding.
 
@@ -140,9 +141,9 @@ def pass_moments(leaves: Mapping[str, jax.Array], emissions, inputs, future_inpu
     """
     one = partial(smooth_and_forecast, form=form, partial_missing=partial_missing)
     per_dataset = jax.vmap(one, in_axes=(None, 0, 0, 0))                 # sequences
-    per_draw = jax.vmap(per_dataset, in_axes=(0, 0, 0, 0))               # datasets
+    per_draw = jax.vmap(lambda v, *data: per_dataset(to_lgssm(v), *data))  # datasets
     batched = jax.vmap(per_draw, in_axes=(0, None, None, None))          # draws
-    mean, var = batched(params_from_leaves(leaves), emissions, inputs, future_inputs)  # (K, n, M, T+H, D)
+    mean, var = batched(values, emissions, inputs, future_inputs)  # (K, n, M, T+H, D)
     w = weights.astype(mean.dtype)
     count = jnp.sum(w)
     wx = w[:, None, None, None, None]
@@ -152,13 +153,13 @@ def pass_moments(leaves: Mapping[str, jax.Array], emissions, inputs, future_inpu
 
 
 @lru_cache(maxsize=None)
-def compiled_pass(form: str, partial_missing: bool):
-    return jax.jit(partial(pass_moments, form=form, partial_missing=partial_missing))
+def compiled_pass(to_lgssm: Callable, form: str, partial_missing: bool):
+    return jax.jit(partial(pass_moments, to_lgssm=to_lgssm, form=form, partial_missing=partial_missing))
 
 
 @lru_cache(maxsize=None)
-def compiled_forecast(form: str, partial_missing: bool):
-    """jit: leaves (K, n, ...) and windows (n, M, L, D), inputs (n, M, L, U), future (n, M, H, U) ->
+def compiled_forecast(to_lgssm: Callable, form: str, partial_missing: bool):
+    """jit: variables (K, n, ...) and windows (n, M, L, D), inputs (n, M, L, U), future (n, M, H, U) ->
     per-draw H-step predictive emission mean and variance from the last step, each (K, n, M, H, D)."""
 
     def one(params, y, u, fu):
@@ -167,9 +168,9 @@ def compiled_forecast(form: str, partial_missing: bool):
         return emission_moments(xm, xP, params, fu)
 
     seqs = jax.vmap(one, in_axes=(None, 0, 0, 0))
-    sets = jax.vmap(seqs, in_axes=(0, 0, 0, 0))
+    sets = jax.vmap(lambda v, *data: seqs(to_lgssm(v), *data))
     draws = jax.vmap(sets, in_axes=(0, None, None, None))
-    return jax.jit(lambda leaves, y, u, fu: draws(params_from_leaves(leaves), y, u, fu))
+    return jax.jit(draws)
 
 
 def log_likelihoods(model: Model, params: dict[str, np.ndarray], emissions: np.ndarray,

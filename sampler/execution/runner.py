@@ -16,9 +16,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import jax
 import numpy as np
 
-from sampler.core import engine, kernels
-from sampler.core.leaves import LEAVES, get_leaf, store_name
-from sampler.core.model import Model
+from sampler.core import engine, kernels, models
 from sampler.core.precision import configure_jax, numpy_dtype
 from sampler.errors import UserError
 from sampler.storage import config as config_mod
@@ -38,7 +36,7 @@ class RunContext:
         self.cfg = cfg
         self.run_dir = RunDir(run_dir)
         self.data = data_mod.load(cfg)
-        self.model = Model.from_config(cfg.model, self.data.emissions)
+        self.model = models.from_config(cfg.model, self.data.emissions)
         if self.model.dim == 0:
             raise UserError("model.frozen: every leaf is frozen; nothing to sample")
 
@@ -113,6 +111,7 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                  datasets_per_chunk=ctx.shard_size, emissions=data.emissions, inputs=data.inputs,
                  has_sequences=data.has_sequences, center=data.center, scale=data.scale,
                  attrs={"sampler_algorithm": ctx.algorithm, "kalman": ctx.model.kalman_form,
+                        "identified": list(ctx.model.identified),
                         "frozen": list(cfg.model.frozen),
                         "num_warmup": cfg.sampler.num_warmup, "seed": cfg.sampler.seed,
                         "dtype": cfg.sampler.dtype, "versions": _versions(),
@@ -214,7 +213,7 @@ def to_store_layout(x, n: int, C: int) -> np.ndarray:
 
 def _write_draws(ctx: RunContext, shard: Shard, start: int, draws: engine.Draws) -> None:
     n, C = shard.stop - shard.start, ctx.cfg.sampler.num_chains
-    params = {store_name(leaf): to_store_layout(get_leaf(draws.params, leaf), n, C) for leaf in LEAVES}
+    params = {k: to_store_layout(v, n, C) for k, v in ctx.model.variable_values(draws.params).items()}
     stats = {"lp": draws.lp, "acceptance_rate": draws.stats.acceptance_rate,
              "diverging": draws.stats.diverging, "n_steps": draws.stats.n_steps,
              "energy": draws.stats.energy, "step_size": draws.step_size}

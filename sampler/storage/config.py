@@ -5,18 +5,39 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sampler.errors import UserError
 from sampler.core.leaves import LEAVES, store_name
+from sampler.core.structural.components import KINDS, Component, check_component
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ComponentConfig(_Section):
+    """One ``[[model.components]]`` table (``sampler.core.structural.components``)."""
+    kind: Literal[KINDS]
+    #: prefix of the component's posterior variables (default: the kind).
+    name: str = ""
+    #: seasonal: steps per cycle (>= 2) and 0 (dummy form, period - 1 states) or k trigonometric harmonics.
+    period: int = 0
+    harmonics: int = 0
+    #: ar: the order p.
+    order: int = 0
+    #: prior settings overriding ``DEFAULT_PRIORS[kind]`` (e.g. ``{ slope_sd = 0.05 }``).
+    priors: dict[str, Any] = {}
+
+    def component(self, input_dim: int) -> Component:
+        return Component.create(self.kind, self.name, self.period, self.harmonics, self.order,
+                                input_dim if self.kind == "regression" else 0, self.priors)
+
+
 class ModelConfig(_Section):
-    state_dim: int = Field(ge=1)
+    #: the general LG-SSM's state size; with ``components``, derived (one emission's state size)
+    #: and, when given, checked.
+    state_dim: Optional[int] = Field(None, ge=1)
     emission_dim: int = Field(ge=1)
     input_dim: int = Field(0, ge=0)
     frozen: list[str] = []
@@ -26,6 +47,36 @@ class ModelConfig(_Section):
     #: Kalman filter used in the log density: auto | information | covariance | parallel (associative
     #: scan over time; for long runs on few long series, docs/performance.md) | dynamax (reference).
     kalman: Literal["auto", "information", "covariance", "parallel", "dynamax"] = "auto"
+    #: a structural model instead of the general LG-SSM (SPEC "Structural models").
+    components: list[ComponentConfig] = []
+
+    @model_validator(mode="after")
+    def _structure(self):
+        if not self.components:
+            if self.state_dim is None:
+                raise ValueError("state_dim: required key is missing (or give model.components)")
+            return self
+        if self.frozen or self.init:
+            raise ValueError("frozen / init apply to the general LG-SSM, not to model.components")
+        names = {"obs_sd"}
+        for i, c in enumerate(self.components):
+            try:
+                check_component(c.kind, c.period, c.harmonics, c.order, self.input_dim, c.priors)
+            except ValueError as err:
+                raise ValueError(f"components[{i}]: {err}") from None
+            for p in _variable_names(c.component(self.input_dim)):
+                if p in names:
+                    raise ValueError(f"components[{i}]: variable {p!r} is already taken; give the component a name")
+                names.add(p)
+        if self.input_dim and not any(c.kind == "regression" for c in self.components):
+            raise ValueError(f"input_dim = {self.input_dim} but no regression component uses the inputs")
+        derived = sum(c.component(self.input_dim).state_dim for c in self.components)
+        if derived == 0:
+            raise ValueError("components: no component has a state (add a level or trend)")
+        if self.state_dim is not None and self.state_dim != derived:
+            raise ValueError(f"state_dim = {self.state_dim} but the components have {derived} states per emission")
+        self.__dict__["state_dim"] = derived
+        return self
 
     @field_validator("frozen")
     @classmethod
@@ -114,6 +165,12 @@ class Config(_Section):
 RESULT_KEYS = ("model", "data", "sampler", "run.checkpoint_every", "run.shard_size")
 
 
+def _variable_names(c: Component) -> list[str]:
+    names = [c.variable(d.parameter) for d in c.disturbances]
+    names += [c.variable("damping")] if c.kind == "damped_trend" else []
+    return names + ([c.variable("coefficients")] if c.coefficients else [])
+
+
 def _canonical_leaf(name: str, where: str) -> str:
     for leaf in LEAVES:
         if name in (leaf, store_name(leaf)):
@@ -156,7 +213,7 @@ def apply_overrides(raw: dict, overrides: list[str] = (), settings: Optional[dic
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":
@@ -205,7 +262,7 @@ def to_toml(cfg: Config) -> str:
     for section, model in (("model", cfg.model), ("data", cfg.data), ("sampler", cfg.sampler), ("run", cfg.run)):
         lines.append(f"[{section}]")
         for key, value in model.model_dump().items():
-            if key == "init":
+            if key in ("init", "components"):
                 continue
             lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
@@ -213,6 +270,10 @@ def to_toml(cfg: Config) -> str:
         lines.append("[model.init]")
         for key, value in cfg.model.init.items():
             lines.append(f'"{key}" = {_toml_value(value)}')
+        lines.append("")
+    for component in cfg.model.components:
+        lines.append("[[model.components]]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in component.model_dump().items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -226,6 +287,8 @@ def _toml_value(value) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 

@@ -195,12 +195,14 @@ def _inputs(arrays: dict, path: Path, cfg: Config, emissions: np.ndarray, has_se
 
 def _leaf_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[dict, dict]:
     """(init_values, true_values): dotted leaf -> (n, *leaf_shape) from ``model.init`` and the file."""
-    known = {"emissions", "inputs"} | {f"{p}_{store_name(leaf)}" for leaf in LEAVES for p in ("init", "true")}
+    leaves = () if model.components else LEAVES  # a structural model has no dynamax leaves to give
+    known = {"emissions", "inputs"} | {f"{p}_{store_name(leaf)}" for leaf in leaves for p in ("init", "true")}
     for name in arrays:
         if name not in known and not name.startswith("future_"):
-            raise UserError(f"{path}: unknown array {name!r} (expected emissions, inputs, init_<leaf>, true_<leaf>)")
+            raise UserError(f"{path}: unknown array {name!r} (expected emissions, inputs"
+                            + (", init_<leaf>, true_<leaf>)" if leaves else "; model.components has no leaves)"))
     init_values, true_values = {}, {}
-    for leaf in LEAVES:
+    for leaf in leaves:
         shape = leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim)
         if leaf in model.init:
             where = f"model.init.{leaf}"

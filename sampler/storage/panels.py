@@ -50,7 +50,7 @@ def _numeric(values, path: Path, kind: str, column: str) -> np.ndarray:
 
 def _read_frame(path: Path, kind: str) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+        df = pd.read_csv(path, float_precision="round_trip") if kind == "csv" else pd.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
         raise UserError(f"{path}: cannot read as {kind}: {str(err).splitlines()[0]}") from None
     df.columns = [str(c) for c in df.columns]

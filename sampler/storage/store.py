@@ -16,8 +16,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
-from sampler.core.leaves import LEAVES, TABLE, store_name
-from sampler.core.model import Model
+from sampler.core.models import AnyModel
 
 STATS = {  # name -> dtype
     "lp": "float64", "acceptance_rate": "float64", "diverging": "bool",
@@ -37,7 +36,7 @@ def _create(group, name, shape, chunks, dtype, dims):
         fill_value=_FILL[dtype], dimension_names=dims, compressors=_COMPRESSOR, overwrite=True)
 
 
-def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_datasets: int,
+def create(path: Path, model: AnyModel, *, num_chains: int, num_draws: int, num_datasets: int,
            draws_per_chunk: int, datasets_per_chunk: int, emissions: np.ndarray, inputs,
            has_sequences: bool, attrs: Mapping, center=None, scale=None) -> None:
     """Create the empty store with observed data written.  emissions: (N, M, T, D); with
@@ -48,10 +47,8 @@ def create(path: Path, model: Model, *, num_chains: int, num_draws: int, num_dat
     lead_chunks = (num_chains, draws_per_chunk, datasets_per_chunk)
     lead_dims = ("chain", "draw", "dataset")
     posterior = root.create_group("posterior")
-    for leaf in LEAVES:
-        shape = model.leaf_shape(leaf)
-        _create(posterior, store_name(leaf), lead + shape, lead_chunks + shape, "float64",
-                lead_dims + TABLE[leaf].dims)
+    for name, (shape, dims) in model.variables.items():
+        _create(posterior, name, lead + shape, lead_chunks + shape, "float64", lead_dims + dims)
     stats = root.create_group("sample_stats")
     for name, dtype in STATS.items():
         _create(stats, name, lead, lead_chunks, dtype, lead_dims)

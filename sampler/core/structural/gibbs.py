@@ -14,7 +14,11 @@ emission, with states x_{1:T} of every sequence:
    (inverse-gamma given the disturbances) sticks there.  Only |sd| is identified (the sign of sd_j
    with z^j is), so the sweep starts from sd > 0 and reports |sd|.
 3. ``obs_sd | rest``: independence Metropolis with proposal obs_sd^2 ~ IG(n/2, SS/2) (the likelihood
-   times 1/obs_sd), accepted by the half-normal prior ratio times obs_sd's ratio.
+   times 1/obs_sd), accepted by the half-normal prior ratio times obs_sd's ratio.  Then each
+   component sd again, the same way, given the centred path (x_t - F x_{t-1} held fixed): the
+   ancillarity-sufficiency interweaving of Yu & Meng (2011) (for DLMs: Simpson, Niemi & Roy 2017).
+   The non-centred draw is efficient where an sd is small against the noise, the centred one where
+   it is large; interweaving both is at least as good as the better one.
 4. ``damping`` and AR coefficients given the centred path rebuilt from step 2's draw: their
    conditional is a normal (the regression of the slope / AR state on its past) restricted to (0, 1)
    / the stationary region; proposing the unrestricted normal and accepting when inside is an exact
@@ -91,16 +95,27 @@ def _regression(key, model: StructuralModel, p: dict, z, y, u, observed, sds_nam
     return theta[:M * S].reshape(M, S), theta[M * S:M * S + J], theta[M * S + J:], resid
 
 
-def _obs_sd(key, model: StructuralModel, current, resid, observed):
-    """Step 3: independence Metropolis for obs_sd (see the module docstring)."""
+def _sd_given_residuals(key, current, n, ss, scale):
+    """sd | n residuals with sum of squares ss, half-normal(scale) prior: independence Metropolis
+    with proposal sd^2 ~ IG(n/2, ss/2) (the likelihood times 1/sd), accepted with the prior ratio
+    times sd's ratio."""
     kg, ka = jax.random.split(key)
-    n = jnp.sum(observed).astype(resid.dtype)
-    ss = jnp.sum(resid ** 2)
-    proposal = jnp.sqrt(0.5 * ss / jax.random.gamma(kg, 0.5 * n, dtype=resid.dtype))
-    s2 = model.obs_sd_scale ** 2
-    log_ratio = -(proposal ** 2 - current ** 2) / (2 * s2) + jnp.log(proposal) - jnp.log(current)
-    ok = (jnp.log(jax.random.uniform(ka, (), resid.dtype)) < log_ratio) & jnp.isfinite(proposal) & (proposal > 0)
+    proposal = jnp.sqrt(0.5 * ss / jax.random.gamma(kg, 0.5 * n, dtype=ss.dtype))
+    log_ratio = -(proposal ** 2 - current ** 2) / (2 * scale ** 2) + jnp.log(proposal) - jnp.log(current)
+    ok = (jnp.log(jax.random.uniform(ka, (), ss.dtype)) < log_ratio) & jnp.isfinite(proposal) & (proposal > 0)
     return jnp.where(ok, proposal, current)
+
+
+def _centred_sds(key, model: StructuralModel, increments, sds, sel):
+    """Step 3b, the interweaving (ASIS) half: each component sd given the centred path's increments
+    (M, T-1, S), as ``_sd_given_residuals`` with the disturbances of its states."""
+    M, T1, _ = increments.shape
+    ss = jnp.einsum("mts,js->j", increments ** 2, sel)
+    n = (M * T1 * jnp.sum(sel, axis=1)).astype(sds.dtype)
+    scales = {q.name: q.prior for q in model.parameters}
+    names, _ = model.disturbance_selection
+    prior = jnp.asarray([scales[nm] for nm in names], sds.dtype).reshape(sds.shape)
+    return jax.vmap(_sd_given_residuals)(jax.random.split(key, sds.shape[0]), sds, n, ss, prior)
 
 
 def _restricted_regression(key, response, regressors, noise_sd, prior_mean, prior_sd, inside, current):
@@ -138,7 +153,7 @@ def _dynamics(key, model: StructuralModel, p: dict, x, new: dict):
 def emission_sweep(key, model: StructuralModel, p: dict, y, u):
     """One sweep for one emission.  p: name -> () or (k,); y (M, T) (NaN missing); u (M, T, U)."""
     M, T = y.shape
-    k_x, k_reg, k_obs, k_dyn = jax.random.split(key, 4)
+    k_x, k_reg, k_obs, k_asis, k_dyn = jax.random.split(key, 5)
     dtype = y.dtype
     F, h = model.transition(p), jnp.asarray(model.observation, dtype)
     q, r = model.disturbance_variances(p), p["obs_sd"] ** 2
@@ -155,20 +170,59 @@ def emission_sweep(key, model: StructuralModel, p: dict, y, u):
     observed = jnp.isfinite(y)
     x1, signed, beta, resid = _regression(k_reg, model, p, _unit_responses(F, eta), y, u, observed, names)
 
-    new = {n: jnp.abs(s) for n, s in zip(names, signed)}
-    new["obs_sd"] = _obs_sd(k_obs, model, p["obs_sd"], resid, observed)
+    new = {"obs_sd": _sd_given_residuals(k_obs, p["obs_sd"], jnp.sum(observed).astype(dtype),
+                                         jnp.sum(resid ** 2), model.obs_sd_scale)}
     for c in model.components:
         if c.kind == "regression":
             new[c.variable("coefficients")] = beta
-    path = _centred_path(F, x1, jnp.einsum("mtjs,j->mts", eta, signed))
-    new = _dynamics(k_dyn, model, p, path, new)
+    increments = jnp.einsum("mtjs,j->mts", eta, signed)
+    new.update(zip(names, _centred_sds(k_asis, model, increments, jnp.abs(signed), sel)))
+    new = _dynamics(k_dyn, model, p, _centred_path(F, x1, increments), new)
     return {q.name: new[q.name] for q in model.parameters}
 
 
-def gibbs_sweep(key, model: StructuralModel, params: dict, emissions, inputs=None):
-    """One sweep for every emission.  params: name -> (D, ...); emissions (M, T, D); inputs (M, T, U)."""
+#: random-walk Metropolis steps on the marginal posterior per sweep (see ``marginal_moves``).
+MARGINAL_STEPS = 8
+#: their proposal sd per unconstrained coordinate, before the warmup has measured the posterior's.
+UNTUNED_PROPOSAL_SD = 0.1
+
+
+def proposal_sd(posterior_sd):
+    """Random-walk proposal sd (dim,) from the posterior sds of the unconstrained coordinates: the
+    optimal scaling 2.38 / sqrt(dim) of Roberts, Gelman & Gilks (1997)."""
+    return 2.38 / jnp.sqrt(posterior_sd.shape[0]) * posterior_sd
+
+
+def marginal_moves(key, model: StructuralModel, params: dict, emissions, inputs, step_sd):
+    """Random-walk Metropolis on the unconstrained parameters with the states integrated out (the
+    log density NUTS samples), proposal sds ``step_sd`` (dim,).  The Gibbs blocks trade the sds
+    against each other only through the states, slowly where the data barely separate them; a move
+    on the marginal posterior crosses that ridge directly, for one Kalman filter per step."""
+    logdensity = model.logdensity_fn(None, emissions, inputs)
+    position = model.to_position(params)
+
+    def step(carry, k):
+        x, lp = carry
+        kp, ka = jax.random.split(k)
+        proposal = x + step_sd * jax.random.normal(kp, x.shape, x.dtype)
+        lp_new = logdensity(proposal)
+        ok = jnp.log(jax.random.uniform(ka, (), x.dtype)) < lp_new - lp
+        return (jnp.where(ok, proposal, x), jnp.where(ok, lp_new, lp)), None
+
+    (position, _), _ = jax.lax.scan(step, (position, logdensity(position)), jax.random.split(key, MARGINAL_STEPS))
+    return model.to_params(position)
+
+
+def gibbs_sweep(key, model: StructuralModel, params: dict, emissions, inputs=None, step_sd=None):
+    """One sweep for every emission, then ``MARGINAL_STEPS`` marginal moves with proposal sds
+    ``step_sd`` (dim,) (default ``UNTUNED_PROPOSAL_SD``).  params: name -> (D, ...); emissions
+    (M, T, D); inputs (M, T, U) or None."""
     M, T, D = emissions.shape
+    k_gibbs, k_move = jax.random.split(key)
     u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
     sweep = jax.vmap(lambda k, p, y: emission_sweep(k, model, p, y, u), in_axes=(0, 0, 2))
-    return sweep(jax.random.split(key, D), params, emissions)
+    params = sweep(jax.random.split(k_gibbs, D), params, emissions)
+    if step_sd is None:
+        step_sd = jnp.full((model.dim,), UNTUNED_PROPOSAL_SD, emissions.dtype)
+    return marginal_moves(k_move, model, params, emissions, inputs, step_sd)
 

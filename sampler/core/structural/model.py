@@ -27,6 +27,7 @@ import numpy as np
 from dynamax.linear_gaussian_ssm import ParamsLGSSM, ParamsLGSSMDynamics, ParamsLGSSMEmissions, ParamsLGSSMInitial
 
 from sampler.core.kalman import marginal_log_prob
+from sampler.core.model import missingness
 from sampler.core.structural.components import OBS_SD_SCALE, Component
 
 #: the chains' starting values (each jittered by exp(N(0, 0.5^2)) per chain): sds, damping.
@@ -103,6 +104,14 @@ class StructuralModel:
     obs_sd_scale: float = OBS_SD_SCALE
     frozen: tuple[str, ...] = ()
 
+    @classmethod
+    def from_config(cls, model_cfg, emissions: Optional[np.ndarray] = None) -> "StructuralModel":
+        """The model of a ``[model]`` section with ``components`` (``sampler.storage.config.ModelConfig``)."""
+        has_missing, partial_missing = (False, False) if emissions is None else missingness(emissions)
+        components = tuple(c.component(model_cfg.input_dim) for c in model_cfg.components)
+        return cls(components, model_cfg.emission_dim, model_cfg.input_dim, model_cfg.kalman,
+                   partial_missing, has_missing)
+
     # --- structure ------------------------------------------------------------------------------
     @cached_property
     def parameters(self) -> tuple[Parameter, ...]:
@@ -121,6 +130,15 @@ class StructuralModel:
         """Posterior variable -> (shape per dataset, dim names)."""
         D = self.emission_dim
         return {p.name: ((D,) + ((p.size,) if p.size else ()), p.dims) for p in self.parameters}
+
+    @property
+    def identified(self) -> tuple[str, ...]:
+        """Every variable: the likelihood identifies them all (|sd|, not its sign)."""
+        return tuple(self.variables)
+
+    @staticmethod
+    def variable_values(params: dict) -> dict:
+        return params
 
     @cached_property
     def offsets(self) -> tuple[int, ...]:
@@ -201,13 +219,14 @@ class StructuralModel:
         one = jax.vmap(self.emission_lgssm)(params)  # leaves (D, ...)
         block = jax.scipy.linalg.block_diag
         blocks = lambda x: block(*[x[e] for e in range(self.emission_dim)])
+        S, D, U = self.state_dim, self.emission_dim, self.input_dim
         return ParamsLGSSM(
             initial=ParamsLGSSMInitial(mean=one.initial.mean.reshape(-1), cov=blocks(one.initial.cov)),
             dynamics=ParamsLGSSMDynamics(weights=blocks(one.dynamics.weights), bias=one.dynamics.bias.reshape(-1),
-                                         input_weights=one.dynamics.input_weights.reshape(-1, self.input_dim),
+                                         input_weights=one.dynamics.input_weights.reshape(S, U),
                                          cov=blocks(one.dynamics.cov)),
             emissions=ParamsLGSSMEmissions(weights=blocks(one.emissions.weights), bias=one.emissions.bias.reshape(-1),
-                                           input_weights=one.emissions.input_weights.reshape(-1, self.input_dim),
+                                           input_weights=one.emissions.input_weights.reshape(D, U),
                                            cov=blocks(one.emissions.cov)))
 
     # --- filter forms (as Model's) -------------------------------------------------------------
