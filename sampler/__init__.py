@@ -6,6 +6,7 @@ Python API::
     run_dir = sampler.run("config.toml", sampler__num_draws=200)   # -> pathlib.Path
     tree = sampler.open_run(run_dir)                               # -> xarray.DataTree
     sampler.kalman.marginal_log_prob(params, emissions)            # dynamax's lgssm_filter loglik
+    frame = sampler.forecast_frame(run_dir, levels=(80, 95))      # after `sampler forecast`: pandas
 
 Layers, each importing only those below it: ``core`` (pure JAX), ``storage`` (files), ``execution``
 (scheduling, Ray), ``analysis`` (forecasts, diagnostics, studies), ``bench``; ``cli`` on top.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Union
 
 __version__ = "0.1.0"
-__all__ = ["kalman", "open_run", "run"]
+__all__ = ["forecast_frame", "kalman", "open_run", "run"]
 
 
 def run(config_or_path, *, progress: bool = True, **overrides) -> Path:
@@ -44,6 +45,13 @@ def open_run(run_dir: Union[str, Path]):
     from sampler.storage import store
     from sampler.storage.rundir import RunDir
     return store.open_tree(RunDir(run_dir).store)
+
+
+def forecast_frame(run_dir: Union[str, Path], levels=(80, 95)):
+    """The run's forecasts (after ``sampler forecast``) as a pandas DataFrame in statsforecast's
+    layout: ``unique_id``, ``ds``, ``sampler``, ``sampler-lo-80``, ... (``sampler.analysis.frames``)."""
+    from sampler.analysis import frames
+    return frames.forecast_frame(run_dir, levels)
 
 
 def __getattr__(name: str):

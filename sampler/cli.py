@@ -99,7 +99,8 @@ def _backtest(args) -> int:
     from sampler.analysis import backtest
     cfg = _config_with_run_dir(args)
     report = backtest.backtest(cfg, horizon=args.horizon, origins=args.origins,
-                               statsmodels=not args.no_statsmodels, workers=args.workers, address=args.address)
+                               statsmodels=not args.no_statsmodels, workers=args.workers, address=args.address,
+                               season_length=args.season_length)
     print(backtest.format_report(report))
     return 0
 
@@ -185,7 +186,10 @@ def _add_study_commands(sub) -> None:
     t.add_argument("--horizon", type=int, required=True)
     t.add_argument("--origins", type=int, required=True, help="number of forecast origins (the last K)")
     t.add_argument("--run-dir", required=True)
-    t.add_argument("--no-statsmodels", action="store_true", help="skip the statsmodels comparison")
+    t.add_argument("--no-statsmodels", action="store_true",
+                   help="skip the baselines (statsmodels and statsforecast)")
+    t.add_argument("--season-length", type=int, help="statsforecast's season length (default: the "
+                   "seasonal component's period, else 1)")
     t.add_argument("--workers", type=int)
     t.add_argument("--address")
     t.add_argument("--set", action="append", metavar="KEY=VALUE")

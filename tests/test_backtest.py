@@ -83,7 +83,7 @@ def test_small_backtest_with_statsmodels_end_to_end(tmp_path):
     bt = tmp_path / "bt"
     on_disk = json.loads((bt / "backtest.json").read_text())
     assert on_disk["overall"] == report["overall"]
-    methods = ["sampler", "sm_local_level", "sm_local_linear_trend"]
+    methods = ["sampler", "sm_local_level", "sm_local_linear_trend", "sf_auto_ets", "sf_auto_arima"]
     assert on_disk["methods"] == methods
     # the data as a (time, series) table: no series has t = 7, so the time axis is the 23 times present
     # (steps 0..22); every series' last step is 22 (t = 23), so the origins are steps 22 - 2 - 1 and 22 - 2
@@ -142,6 +142,19 @@ def test_small_backtest_with_statsmodels_end_to_end(tmp_path):
                 "crps": crps.mean(), **{f"cov{c}": np.mean(np.abs(z) <= stats.norm.ppf(0.5 + c / 200))
                                         for c in (50, 80, 90, 95)}}
         assert on_disk["overall"][name] == pytest.approx(want, rel=1e-8), name
+    # statsforecast's: the same AutoETS / AutoARIMA fits, sd from the 80% limit
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoARIMA, AutoETS
+    frames = [pd.DataFrame({"unique_id": f"{i}-{k}", "ds": np.arange(o + 1), "y": y[:o + 1, i]})
+              for i in range(3) for k, o in enumerate(origins)]
+    fc = StatsForecast(models=[AutoETS(), AutoARIMA()], freq=1).forecast(h=2, df=pd.concat(frames), level=[80])
+    for name, column in (("sf_auto_ets", "AutoETS"), ("sf_auto_arima", "AutoARIMA")):
+        mu = fc[column].to_numpy().reshape(truth.shape)
+        sd = (fc[f"{column}-hi-80"].to_numpy().reshape(truth.shape) - mu) / stats.norm.ppf(0.9)
+        z = (truth - mu) / sd
+        crps = sd * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+        assert on_disk["overall"][name]["crps"] == pytest.approx(crps.mean(), rel=1e-8), name
+        assert on_disk["overall"][name]["mae"] == pytest.approx(np.mean(np.abs(mu - truth)), rel=1e-8), name
     # our forecasts against two trivial Gaussian references on the same points, scored with crps_gaussian:
     # climatology (each window's mean and sd) and the naive random walk (last value, sd of the window's
     # steps x sqrt(h))

@@ -22,7 +22,10 @@ period = 4
 name = "quarterly"
 
 [data]
-path = "d.npz"
+path = "d.csv"
+dataset = "unique_id"
+time = "ds"
+emissions = ["y"]
 standardize = true
 
 [sampler]
@@ -37,27 +40,46 @@ checkpoint_every = 20
 """
 
 
-def test_structural_run_summary_forecast_end_to_end(tmp_path):
+def test_structural_run_summary_forecast_frame_end_to_end(tmp_path):
+    """A statsforecast-style ``unique_id, ds, y`` table in, posterior variables, components summing to
+    the smoothed mean, a decomposition plot, and a statsforecast-style frame out."""
+    import pandas as pd
     import xarray as xr
+    import sampler
     rng = np.random.default_rng(0)
     t = np.arange(48)
+    dates = pd.date_range("2000-01-01", periods=48, freq="QS")
     y = np.stack([np.cumsum(0.1 * rng.normal(size=48)) + 0.05 * t + np.tile([1, 0, -1, 0.5], 12) for _ in range(3)])
-    np.savez(tmp_path / "d.npz", emissions=y[:, :, None])
+    pd.DataFrame([{"unique_id": f"s{i}", "ds": d.date().isoformat(), "y": y[i, k]}
+                  for i in range(3) for k, d in enumerate(dates) if (i, k) != (1, 10)]).to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=""))
-    import sampler
     sampler.run(tmp_path / "c.toml")   # in-process: a CLI call would import JAX again
     summary = diagnostics.summarize(tmp_path / "run")
     assert summary["quantities"] == ["level_sd", "obs_sd", "quarterly_sd", "slope_sd"]
-    forecast.forecast_run(tmp_path / "run", horizon=8)
+    result = forecast.forecast_run(tmp_path / "run", horizon=8, plot=[1])
+    assert str(tmp_path / "run" / "plots" / "decomposition_1_e0.png") in result["plots"]
     tree = xr.open_datatree(tmp_path / "run" / "samples.zarr", engine="zarr")
     post = tree["posterior"]
     assert set(post.data_vars) == {"level_sd", "slope_sd", "quarterly_sd", "obs_sd"}
     assert post["slope_sd"].dims == ("chain", "draw", "dataset", "emission")
     assert (post["obs_sd"] > 0).all()
-    f = tree["forecast"]["forecast_mean"].values[:, :, 0]
-    # trend + fixed quarterly pattern: the forecast continues the pattern on the data scale
-    last_cycle = y[:, -4:] + 0.05 * 8
-    np.testing.assert_allclose(f[:, 4:], last_cycle, atol=1.0)
+    fc = tree["forecast"]
+    assert list(fc["component"].values) == ["local_linear_trend", "quarterly"]
+    assert fc["component_mean"].dims == ("dataset", "time", "component", "emission")
+    # on the data scale (standardised data; the centre goes with the first component)
+    np.testing.assert_allclose(fc["component_mean"].sum("component"), fc["smooth_mean"], rtol=1e-10, atol=1e-10)
+    assert float(np.abs(fc["smooth_mean"].values[:, :, 0] - y).max()) < 1.0
+    # trend + fixed quarterly pattern: the forecast continues the pattern
+    f = fc["forecast_mean"].values[:, :, 0]
+    np.testing.assert_allclose(f[:, 4:], y[:, -4:] + 0.05 * 8, atol=1.0)
+    # statsforecast's layout, dates continued quarterly, limits nested around the mean
+    frame = sampler.forecast_frame(tmp_path / "run", levels=(80, 95))
+    assert list(frame.columns) == ["unique_id", "ds", "sampler", "sampler-lo-95", "sampler-lo-80",
+                                   "sampler-hi-80", "sampler-hi-95"]
+    assert list(frame["unique_id"].unique()) == ["s0", "s1", "s2"] and len(frame) == 24
+    np.testing.assert_array_equal(frame["ds"].iloc[:8], pd.date_range("2012-01-01", periods=8, freq="QS"))
+    np.testing.assert_allclose(frame["sampler"].to_numpy().reshape(3, 8), f)
+    assert (frame["sampler-lo-95"] < frame["sampler-lo-80"]).all() and (frame["sampler-hi-80"] < frame["sampler-hi-95"]).all()
     # the resolved config round-trips, components included
     again = config_mod.load(tmp_path / "run" / "config.toml")
     assert [c.kind for c in again.model.components] == ["local_linear_trend", "seasonal"]

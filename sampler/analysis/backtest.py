@@ -12,10 +12,10 @@ spaced), the Kalman filter to the origin and the H-step predictive moments (``sa
 the posterior predictive sample.  Point forecast = its mean; central intervals = its quantiles;
 CRPS = E|X - y| - E|X - X'|/2 of the sample (exact for the sample's empirical law).
 
-statsmodels (plug-in MLE, Gaussian predictive, CRPS in closed form): ``UnobservedComponents`` local
-level and local linear trend for univariate series, ``DynamicFactor`` (one AR(1) factor, on the
-window's standardised data) for multivariate ones.  A fit that raises or forecasts non-finite values
-is recorded in ``failures``; every method is scored on the points where all methods have a forecast.
+The baselines (``sampler.analysis.baselines``: statsmodels' UnobservedComponents / DynamicFactor and
+statsforecast's AutoETS / AutoARIMA; plug-in MLE, Gaussian predictive, CRPS in closed form).  A
+statsmodels fit that raises or forecasts non-finite values is recorded in ``failures``; every method
+is scored on the points where all methods have a forecast.
 
 Output: ``DIR/backtest.json`` (atomic) and ``DIR/plots/backtest_scores.png``, ``backtest_series.png``.
 """
@@ -25,10 +25,7 @@ import io
 import json
 import os
 import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +34,7 @@ import numpy as np
 import zarr
 from scipy import stats
 
+from sampler.analysis import baselines
 from sampler.analysis.plots import save_figure
 from sampler.analysis.scores import LEVELS, crps_gaussian, crps_sample, summarize
 from sampler.core.leaves import store_name
@@ -158,7 +156,7 @@ def predictive_samples(ctx: RunContext, future_inputs: np.ndarray, seed: int) ->
     names = list(ctx.model.variables)
     C, S = posterior[names[0]].shape[:2]
     keep = np.unique(np.linspace(0, C * S - 1, min(MAX_DRAWS, C * S)).round().astype(int))
-    fn = compiled_forecast(ctx.model.lgssm, ctx.model.predictive_form, ctx.model.partial_missing)
+    fn = compiled_forecast(ctx.model)
     rng = np.random.default_rng(seed)
     out = np.empty((len(keep), W, M, future_inputs.shape[2], D))
     for a in range(0, W, BLOCK):
@@ -178,85 +176,40 @@ def predictive_samples(ctx: RunContext, future_inputs: np.ndarray, seed: int) ->
     return out
 
 
-# --- statsmodels -------------------------------------------------------------------------------------------
-SM_UNIVARIATE = {"sm_local_level": "llevel", "sm_local_linear_trend": "lltrend"}
-SM_MULTIVARIATE = ("sm_dynamic_factor",)
-#: fits done in this process (a process pool costs more than it saves below this).
-SERIAL_TASKS = 64
-
-
-def _sm_fit_forecast(model: str, y: np.ndarray, horizon: int) -> tuple:
-    """Fit one statsmodels model by MLE on y (T, D) (NaN = missing) -> (mean (H, D), std (H, D), error).
-
-    ``error`` is None, or a one-line description of the failure (then mean and std are NaN).
-    statsmodels is imported here, in the (spawned) fitting process, not with the module: it takes
-    seconds and only backtests compared with statsmodels need it."""
-    import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning
-    nan = np.full((horizon, y.shape[1]), np.nan)
-    y = y[np.argmax(~np.isnan(y).all(1)):]     # drop leading all-missing rows
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if model in SM_UNIVARIATE:
-                res = sm.tsa.UnobservedComponents(y[:, 0], level=SM_UNIVARIATE[model]).fit(disp=False)
-                center, scale = 0.0, 1.0
-            else:
-                center, scale = np.nanmean(y, 0), np.nanstd(y, 0)
-                scale = np.where(scale > 0, scale, 1.0)
-                res = sm.tsa.DynamicFactor((y - center) / scale, k_factors=1, factor_order=1).fit(disp=False)
-            fc = res.get_forecast(horizon)
-            mean = np.asarray(fc.predicted_mean).reshape(horizon, -1) * scale + center
-            std = np.asarray(fc.se_mean).reshape(horizon, -1) * scale
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-            return nan, nan, "non-finite or zero forecast variance"
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        return mean, std, None if converged else "converged=False (kept)"
-    except Exception as err:  # noqa: BLE001 - any fit failure is recorded, not raised
-        return nan, nan, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-
-
-def _sm_task(task: tuple) -> tuple:
-    model, y, horizon = task
-    return _sm_fit_forecast(model, y, horizon)
-
-
-def statsmodels_forecasts(p: Plan, models: tuple[str, ...], workers: int) -> tuple[dict, list]:
-    """Every model on every window and sequence (raw scale).  Returns ({model: (mean, std) each
-    (W, M, H, D)}, failures: list of {series, origin, sequence, model, error})."""
-    W, M, L, D = p.emissions.shape
-    H = p.truth.shape[2]
-    K = p.origins.shape[1]
-    tasks = [(model, p.emissions[w, m], H) for model in models for w in range(W) for m in range(M)]
-    if workers == 1 or len(tasks) <= SERIAL_TASKS:
-        results = [_sm_task(t) for t in tasks]
-    else:  # spawn: no fork of a process that may hold JAX or Ray threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_sm_task, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
-    out, failures = {}, []
-    it = iter(results)
-    for model in models:
-        mean, std = np.empty((W, M, H, D)), np.empty((W, M, H, D))
-        for w in range(W):
-            for m in range(M):
-                mean[w, m], std[w, m], err = next(it)
-                if err is not None:
-                    i, k = divmod(w, K)
-                    failures.append({"series": _json_label(p.labels[i]),
-                                     "origin": _json_label(p.times[p.origins[i, k]]), "sequence": m,
-                                     "model": model, "error": err})
-        out[model] = (mean, std)
-    return out, failures
-
-
 # --- the command -------------------------------------------------------------------------------------------
 def _json_label(x):
     return x.item() if isinstance(x, np.generic) else (x if isinstance(x, (int, float)) else str(x))
 
 
+def _baselines(cfg: Config, p: Plan, horizon: int, season: Optional[int], seconds: dict) -> tuple[dict, list]:
+    """statsmodels' and statsforecast's forecasts of every window (``baselines``), as ``Forecasts``,
+    and the statsmodels failures ({series, origin, sequence, model, error})."""
+    workers = max(1, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    univariate = cfg.model.emission_dim == 1
+    models = dict(baselines.SM_UNIVARIATE if univariate else baselines.SM_MULTIVARIATE)
+    uc = baselines.uc_components(cfg.model.components)
+    if univariate and uc is not None and uc not in models.values():
+        models["sm_structural"] = uc
+    sm_out, raw = baselines.statsmodels_forecasts(p.emissions, horizon, models, workers)
+    K = p.origins.shape[1]
+    failures = [{"series": _json_label(p.labels[w // K]), "origin": _json_label(p.times[p.origins[w // K, w % K]]),
+                 "sequence": m, "model": name, "error": err} for w, m, name, err in raw]
+    seconds["statsmodels"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    season = season or baselines.season_length(cfg.model.components)
+    sf_out = baselines.statsforecast_forecasts(p.emissions, horizon, season, workers)
+    seconds["statsforecast"] = round(time.perf_counter() - t0, 1)
+    forecasts = {name: Forecasts.gaussian(mean, std, p.truth) for name, (mean, std) in {**sm_out, **sf_out}.items()}
+    return forecasts, failures
+
+
 def backtest(cfg: Config, *, horizon: int, origins: int, statsmodels: bool = True,
-             workers: Optional[int] = None, address: Optional[str] = None) -> dict:
-    """Rolling-origin backtest of ``cfg``'s data into ``cfg.run.dir`` (module docstring).
+             workers: Optional[int] = None, address: Optional[str] = None,
+             season_length: Optional[int] = None) -> dict:
+    """Rolling-origin backtest of ``cfg``'s data into ``cfg.run.dir`` (module docstring); with
+    ``statsmodels``, the baselines (statsmodels and statsforecast; statsforecast's season length
+    ``season_length``, default the seasonal component's period or 1) beside ours.
 
     Returns the report written to ``DIR/backtest.json``: {"horizon", "origins", "series", "windows",
     "methods", "overall": {method: scores}, "by_horizon": {method: [scores per step]},
@@ -281,15 +234,7 @@ def backtest(cfg: Config, *, horizon: int, origins: int, statsmodels: bool = Tru
     _write_windows(bd.windows, p, raw.has_sequences)
     seconds = {}
 
-    forecasts = {}
-    failures: list = []
-    if statsmodels:
-        t0 = time.perf_counter()
-        models = SM_UNIVARIATE if cfg.model.emission_dim == 1 else SM_MULTIVARIATE
-        sm_out, failures = statsmodels_forecasts(p, tuple(models), max(1, os.cpu_count() or 1))
-        for model, (mean, std) in sm_out.items():
-            forecasts[model] = Forecasts.gaussian(mean, std, p.truth)
-        seconds["statsmodels"] = round(time.perf_counter() - t0, 1)
+    forecasts, failures = _baselines(cfg, p, horizon, season_length, seconds) if statsmodels else ({}, [])
 
     t0 = time.perf_counter()
     driver.execute(inner, workers=workers, address=address, progress=True)

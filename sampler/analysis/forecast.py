@@ -143,22 +143,30 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
     ds_read, draw_read = _read_layout(posterior, names, N, available)
     batch = max_batch or max(1, PASS_BYTES // (8 * M * (T + horizon) * D * 8))  # results + temporaries
     n_pass = min(ds_read, batch)
-    passes = _Passes(compiled_pass(ctx.model.lgssm, ctx.model.predictive_form, ctx.model.partial_missing), n_pass,
-                     max(1, min(batch // n_pass, chains * len(keep))), ctx.dtype)
+    per_pass = max(1, min(batch // n_pass, chains * len(keep)))
+    passes = _Passes(compiled_pass(ctx.model), n_pass, per_pass, ctx.dtype)
+    names_of_components = getattr(ctx.model, "component_names", ())
+    component_passes = (_Passes(compiled_pass(ctx.model, components=True), n_pass, per_pass, ctx.dtype)
+                        if names_of_components else None)
     attrs = {"horizon": horizon, "burn_in": burn_in, "thin": thin, "chains": chains,
              "draws_per_chain": len(keep), "draws_available": available,
              "combined_by": "law of total variance over posterior draws"}
     tmp = rd.scratch(f"{GROUP}.tmp-{uuid.uuid4().hex}")
     try:
-        arrays = _create_group(tmp, N, M, T, D, horizon, ds_read, data.has_sequences, attrs)
+        arrays = _create_group(tmp, N, M, T, D, horizon, ds_read, data.has_sequences, attrs, names_of_components)
         for a, b in _blocks(N, ds_read):
-            moments = Moments(0, None, None, None)
+            moments = parts = Moments(0, None, None, None)
             for r0, r1 in _blocks(available, draw_read):
                 sel = keep[(keep >= r0) & (keep < r1)] - r0
                 if sel.size:
                     values = {name: posterior[name][:, r0:r1, a:b][:, sel] for name in names}
-                    moments = moments.merge(passes.run(values, [x[a:b] for x in (data.emissions, inputs, future)]))
+                    block = [x[a:b] for x in (data.emissions, inputs, future)]
+                    moments = moments.merge(passes.run(values, block))
+                    if component_passes:
+                        parts = parts.merge(component_passes.run(values, block))
             _write_moments(arrays, moments, data, a, b, T, horizon)
+            if component_passes:
+                _write_components(arrays, parts, data, a, b)
         _swap_in(tmp, rd)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,9 +220,24 @@ class _Passes:
                                          for f in ("mean", "m2", "mean_var")))
 
 
+def _write_components(arrays: dict, moments: Moments, data, a: int, b: int) -> None:
+    """Datasets [a, b) of ``component_mean`` / ``component_std`` (moments (n, M, T, K, D)) on the
+    data's scale: the standardisation's centre goes with the first component, so that the
+    components still sum to ``smooth_mean``."""
+    mean, std = moments.mean, moments.std()
+    if data.scale is not None:
+        scale = data.scale[a:b][:, None, None, None, :]
+        mean, std = mean * scale, std * scale
+        mean[:, :, :, 0] += data.center[a:b][:, None, None, :]
+    arrays["component_mean"][a:b] = mean if data.has_sequences else mean[:, 0]
+    arrays["component_std"][a:b] = std if data.has_sequences else std[:, 0]
+
+
 def _create_group(path: Path, N: int, M: int, T: int, D: int, horizon: int, chunk: int,
-                  has_sequences: bool, attrs: dict) -> dict:
-    """The (empty, NaN-filled) ``forecast`` group as a standalone zarr group at ``path``."""
+                  has_sequences: bool, attrs: dict, components: tuple[str, ...] = ()) -> dict:
+    """The (empty, NaN-filled) ``forecast`` group as a standalone zarr group at ``path``; with
+    structural ``components`` (their names), also ``component_mean`` / ``component_std`` and the
+    ``component`` coordinate."""
     out = zarr.open_group(str(path), mode="w", zarr_format=3)
     out.attrs.update(attrs)
     seq = ("sequence",) if has_sequences else ()
@@ -225,6 +248,14 @@ def _create_group(path: Path, N: int, M: int, T: int, D: int, horizon: int, chun
             arrays[f"{name}_{stat}"] = out.create_array(
                 f"{name}_{stat}", shape=shape, chunks=(chunk,) + shape[1:], dtype="float64",
                 fill_value=np.nan, dimension_names=("dataset",) + seq + (dim, "emission"))
+    if components:
+        shape = ((N, M) if has_sequences else (N,)) + (T, len(components), D)
+        for stat in ("mean", "std"):
+            arrays[f"component_{stat}"] = out.create_array(
+                f"component_{stat}", shape=shape, chunks=(chunk,) + shape[1:], dtype="float64",
+                fill_value=np.nan, dimension_names=("dataset",) + seq + ("time", "component", "emission"))
+        coord = out.create_array("component", shape=(len(components),), dtype=str, dimension_names=("component",))
+        coord[:] = np.array(components)
     return arrays
 
 

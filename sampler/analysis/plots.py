@@ -80,6 +80,38 @@ def emissions_and_forecast(path: Path, observed, smooth_mean, smooth_std, foreca
     return save_figure(fig, path)
 
 
+def decomposition(path: Path, observed, smooth_mean, smooth_std, forecast_mean, forecast_std,
+                  component_mean, component_std, names, title: str = "") -> Path:
+    """The structural decomposition of one emission (statsmodels' ``plot_components``): observed
+    with the smoothed fit and the forecast, then each component's smoothed contribution, +-2 sd.
+
+    Args:
+        observed, smooth_mean, smooth_std: (T,).  forecast_mean, forecast_std: (H,).
+        component_mean, component_std: (T, K).  names: K component names.
+    """
+    T, H, K = observed.shape[0], forecast_mean.shape[0], len(names)
+    t_obs, t_fc = np.arange(T), np.arange(T, T + H)
+    fig, axes = plt.subplots(K + 1, 1, figsize=(9, 2.2 * (K + 1)), sharex=True, squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(t_obs, observed, "k.", ms=3, label="observed")
+    for t, m, s, label in ((t_obs, smooth_mean, smooth_std, "smoothed"), (t_fc, forecast_mean, forecast_std, "forecast")):
+        ln = ax.plot(t, m, label=label)[0]
+        ax.fill_between(t, m - 2 * s, m + 2 * s, color=ln.get_color(), alpha=0.25)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title)
+    for k in range(K):
+        a = axes[k + 1, 0]
+        m, s = component_mean[:, k], component_std[:, k]
+        a.plot(t_obs, m, color=f"C{k + 2}")
+        a.fill_between(t_obs, m - 2 * s, m + 2 * s, color=f"C{k + 2}", alpha=0.25)
+        a.set_ylabel(names[k], fontsize=8)
+    for a in axes[:, 0]:
+        a.axvline(T, color="black", lw=1)
+        a.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("time")
+    return save_figure(fig, path)
+
+
 def lp_trace(path: Path, lp, true_lp: Optional[float] = None, title: str = "") -> Path:
     """The seed's log-probability trace, one line per chain.  lp: (chains, draws)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -147,6 +179,21 @@ def true_log_prob(ctx, dataset: int) -> Optional[float]:
     return float(ctx.model.log_joint(params, jnp.asarray(ctx.data.emissions[dataset]), inputs))
 
 
+def _decompositions(out_dir: Path, fc, parts: dict, y, dataset: int, sequence: Optional[int], title: str) -> list[Path]:
+    """``decomposition_<dataset>[_seq<j>]_e<emission>.png`` for the first MAX_DIMS emissions."""
+    pick = (dataset,) if sequence is None else (dataset, sequence)
+    cm, cs = fc["component_mean"][pick], fc["component_std"][pick]        # (T, K, D)
+    names = [str(x) for x in fc["component"][:]]
+    j = 0 if sequence is None else sequence
+    out = []
+    for e in range(min(y.shape[1], MAX_DIMS)):
+        stem = f"decomposition_{dataset}" + ("" if sequence is None else f"_seq{sequence}") + f"_e{e}.png"
+        out.append(decomposition(out_dir / stem, y[:, e], parts["smooth_mean"][j][:, e], parts["smooth_std"][j][:, e],
+                                 parts["forecast_mean"][j][:, e], parts["forecast_std"][j][:, e],
+                                 cm[:, :, e], cs[:, :, e], names, title=f"{title}, emission {e}"))
+    return out
+
+
 def plot_run(run_dir: Path, datasets: Sequence[int], ctx=None) -> list[Path]:
     """Write the diagnostics overview and, for each of ``datasets``, the forecast and lp figures.
 
@@ -175,6 +222,8 @@ def plot_run(run_dir: Path, datasets: Sequence[int], ctx=None) -> list[Path]:
             written.append(emissions_and_forecast(
                 out_dir / name, y[j], parts["smooth_mean"][j], parts["smooth_std"][j],
                 parts["forecast_mean"][j], parts["forecast_std"][j], title=title))
+            if "component_mean" in fc:
+                written += _decompositions(out_dir, fc, parts, y[j], i, j if seq else None, title)
         lp = root["sample_stats"]["lp"][:, :done, i]
         written.append(lp_trace(out_dir / f"lp_{i}.png", lp, true_log_prob(ctx, i), title=f"dataset {i}"))
     return written

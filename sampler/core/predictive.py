@@ -99,6 +99,26 @@ def smooth_and_forecast(params: ParamsLGSSM, emissions, inputs, future_inputs, *
     return jnp.concatenate([s_mean, f_mean]), jnp.concatenate([s_var, f_var])
 
 
+def smoothed_components(params: ParamsLGSSM, emissions, inputs, future_inputs, *, loadings, regression,
+                        form: str = "auto", partial_missing: bool = True):
+    """Each structural component's smoothed contribution to y_t, for one sequence and draw.
+
+    Args:
+        loadings: (K, D, S) numpy: component k's part of H (zero outside its states).
+        regression: (K,) static bools: component k is the regression ``D u_t`` (no state).
+        future_inputs: ignored (the signature of ``smooth_and_forecast``).
+
+    Returns:
+        mean (T, K, D) and variance (T, K, D); summed over k the means are the smoothed emission mean.
+    """
+    _, fm, fP = kalman_filter(params, emissions, inputs, form=form, partial_missing=partial_missing)
+    sm, sP = rts_smoother(fm, fP, params, inputs)
+    L = jnp.asarray(loadings, sm.dtype)
+    mean = jnp.einsum("kds,ts->tkd", L, sm)
+    mean = mean + jnp.asarray(regression, sm.dtype)[None, :, None] * (inputs @ params.emissions.input_weights.T)[:, None]
+    return mean, jnp.einsum("kds,tsr,kdr->tkd", L, sP, L)
+
+
 @dataclass
 class Moments:
     """Running law-of-total-variance statistics: count, mean of means, M2 of means, mean of variances."""
@@ -126,41 +146,51 @@ jax.tree_util.register_dataclass(Moments, data_fields=["count", "mean", "m2", "m
 
 
 def pass_moments(values: Mapping[str, jax.Array], emissions, inputs, future_inputs, weights, *,
-                 to_lgssm: Callable = Model.lgssm, form: str = "auto", partial_missing: bool = True):
+                 to_lgssm: Callable = Model.lgssm, per_sequence: Callable = smooth_and_forecast):
     """Weighted moments over a block of K draws of n datasets (one compiled pass).
 
     Args:
         values: posterior variable -> (K, n, *shape) constrained draws.
         to_lgssm: one draw's variables -> ``ParamsLGSSM`` (the model's ``lgssm``).
+        per_sequence: (params, y, u, future u) -> (mean, variance) of one sequence and draw
+            (``smooth_and_forecast`` or ``smoothed_components`` with their settings bound).
         emissions: (n, M, T, D).  inputs: (n, M, T, U).  future_inputs: (n, M, H, U).
         weights: (K,) 1 for a draw to count, 0 for padding.
 
     Returns:
-        ``Moments`` with count () and mean, m2, mean_var each (n, M, T + H, D): the weighted mean of
-        the per-draw means, the weighted sum of their squared deviations, the mean per-draw variance.
+        ``Moments`` with count () and mean, m2, mean_var each (n, M, ...) (``smooth_and_forecast``:
+        (n, M, T + H, D)): the weighted mean of the per-draw means, the weighted sum of their squared
+        deviations, the mean per-draw variance.
     """
-    one = partial(smooth_and_forecast, form=form, partial_missing=partial_missing)
-    per_dataset = jax.vmap(one, in_axes=(None, 0, 0, 0))                 # sequences
+    per_dataset = jax.vmap(per_sequence, in_axes=(None, 0, 0, 0))       # sequences
     per_draw = jax.vmap(lambda v, *data: per_dataset(to_lgssm(v), *data))  # datasets
     batched = jax.vmap(per_draw, in_axes=(0, None, None, None))          # draws
-    mean, var = batched(values, emissions, inputs, future_inputs)  # (K, n, M, T+H, D)
+    mean, var = batched(values, emissions, inputs, future_inputs)  # (K, n, M, ...)
     w = weights.astype(mean.dtype)
     count = jnp.sum(w)
-    wx = w[:, None, None, None, None]
+    wx = w.reshape((-1,) + (1,) * (mean.ndim - 1))
     mu = jnp.sum(wx * mean, axis=0) / count
     m2 = jnp.sum(wx * (mean - mu) ** 2, axis=0)
     return Moments(count, mu, m2, jnp.sum(wx * var, axis=0) / count)
 
 
 @lru_cache(maxsize=None)
-def compiled_pass(to_lgssm: Callable, form: str, partial_missing: bool):
-    return jax.jit(partial(pass_moments, to_lgssm=to_lgssm, form=form, partial_missing=partial_missing))
+def compiled_pass(model, components: bool = False):
+    """jit of ``pass_moments`` for ``model`` (either kind): the emissions' smoothed and forecast
+    moments, or (a structural model, ``components``) each component's smoothed contribution."""
+    settings = dict(form=model.predictive_form, partial_missing=model.partial_missing)
+    per_sequence = (partial(smoothed_components, loadings=model.component_loadings,
+                            regression=model.regression_flags, **settings) if components
+                    else partial(smooth_and_forecast, **settings))
+    return jax.jit(partial(pass_moments, to_lgssm=model.lgssm, per_sequence=per_sequence))
 
 
 @lru_cache(maxsize=None)
-def compiled_forecast(to_lgssm: Callable, form: str, partial_missing: bool):
+def compiled_forecast(model):
     """jit: variables (K, n, ...) and windows (n, M, L, D), inputs (n, M, L, U), future (n, M, H, U) ->
     per-draw H-step predictive emission mean and variance from the last step, each (K, n, M, H, D)."""
+
+    form, partial_missing, to_lgssm = model.predictive_form, model.partial_missing, model.lgssm
 
     def one(params, y, u, fu):
         _, fm, fP = kalman_filter(params, y, u, form=form, partial_missing=partial_missing)

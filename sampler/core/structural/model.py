@@ -188,6 +188,24 @@ class StructuralModel:
             F = F.at[offset:offset + c.state_dim, offset:offset + c.state_dim].set(Fc)
         return F
 
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.components)
+
+    @property
+    def regression_flags(self) -> tuple[bool, ...]:
+        return tuple(c.kind == "regression" for c in self.components)
+
+    @property
+    def component_loadings(self) -> np.ndarray:
+        """(K, D, D x S_e): component k's part of the compiled H (emission e's block, k's states)."""
+        S, D = self.component_state_dim, self.emission_dim
+        out = np.zeros((len(self.components), D, D * S))
+        for k, (c, offset) in enumerate(zip(self.components, self.offsets)):
+            for e in range(D):
+                out[k, e, e * S + offset:e * S + offset + c.state_dim] = c.observation()
+        return out
+
     def regression_coefficients(self, p: dict) -> jax.Array:
         """beta_e (U,) of one emission (zeros without a regression component)."""
         for c in self.components:
