@@ -6,7 +6,9 @@ Parts (``PARTS``; each a function returning plain dicts, printed as a table or J
 * ``e2e``, ``io``, ``rss`` -- whole ``sampler run`` runs: dataset-ESS/s against the seed's procedure,
   the cost of streaming to the run dir, peak memory (``runs``);
 * ``warmup`` -- warmup schemes for many chains on the seed dataset (``warmup``);
-* ``ess`` -- the headline: wall time until every dataset reaches bulk-ESS 400 on diag(R) (``ess``).
+* ``ess`` -- the headline: wall time until every dataset reaches bulk-ESS 400 on diag(R) (``ess``);
+* ``sts``, ``sts-panel`` -- the structural Gibbs sweep: chain-sweeps/s against the state size, and
+  the posterior of 1,000 monthly series (``structural``).
 
 Below them ``problems`` (the seed notebook's model, data and procedure; a bench run's files) and
 ``measure`` (device, timing, ESS and R-hat of diag(R), tables); above them ``suite.run``.

@@ -13,12 +13,12 @@ from typing import Optional, TextIO
 
 import jax
 
-from sampler.bench import ess, runs, throughput, warmup
+from sampler.bench import ess, runs, structural, throughput, warmup
 from sampler.bench.measure import device_description, format_table, print_text
 from sampler.core.precision import configure_jax
 from sampler.errors import UserError
 
-PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess")
+PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess", "sts", "sts-panel")
 
 
 def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optional[int] = None,
@@ -74,6 +74,14 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
                 num_warmup=100 if quick else ess.BURN_IN, seed_max_draws=2000 if quick else 20000,
                 target=100.0 if quick else ess.TARGET_ESS)
             print_text(out, format_table(results["ess"], ess.COLUMNS))
+        if "sts" in parts:
+            results["sts"] = structural.sweep_throughput(num_series=8 if quick else 64, sweeps=20 if quick else 100)
+            print_text(out, format_table(results["sts"], structural.COLUMNS))
+        if "sts-panel" in parts:
+            results["sts-panel"] = [structural.monthly_panel(
+                num_series=datasets or (8 if quick else 1000), burn_in=50 if quick else 500,
+                sweeps=100 if quick else 1000, block=50 if quick else 250)]
+            print_text(out, format_table(results["sts-panel"], structural.PANEL_COLUMNS))
     return results
 
 
