@@ -132,7 +132,7 @@ def _assert_uniform(ranks, num_ranks, bins=5):
 
 
 def test_sbc_local_level():
-    ranks, L = _sbc_ranks((Component.create("level"),), 40, 40, seed=1, thin=5, draws=200, warmup=100)
+    ranks, L = _sbc_ranks((Component.create("level"),), 40, 40, seed=1, thin=5, draws=150, warmup=60)
     _assert_uniform(ranks, L)
 
 

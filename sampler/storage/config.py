@@ -155,9 +155,10 @@ class Config(_Section):
     run: RunConfig = RunConfig()
 
     def resolved_algorithm(self) -> str:
-        """The kernel that ``algorithm = "auto"`` stands for: blocked Gibbs, since every leaf of this
-        model has a conjugate conditional (with or without frozen leaves), so it needs no tuning and
-        no gradients (its speed against NUTS and ChEES: docs/performance.md)."""
+        """The kernel that ``algorithm = "auto"`` stands for: blocked Gibbs, since every leaf of the
+        general model has a conjugate conditional (with or without frozen leaves), so it needs no
+        tuning and no gradients (its speed against NUTS and ChEES: docs/performance.md); for
+        structural components, their non-centred conjugate Gibbs sampler (docs/structural.md)."""
         return "gibbs" if self.sampler.algorithm == "auto" else self.sampler.algorithm
 
 
