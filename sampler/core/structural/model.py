@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from dynamax.linear_gaussian_ssm import ParamsLGSSM, ParamsLGSSMDynamics, ParamsLGSSMEmissions, ParamsLGSSMInitial
 
-from sampler.core.kalman import marginal_log_prob
 from sampler.core.model import missingness
+from sampler.core.structural import smoother
 from sampler.core.structural.components import OBS_SD_SCALE, Component
 
 #: the chains' starting values (each jittered by exp(N(0, 0.5^2)) per chain): sds, damping.
@@ -338,15 +338,22 @@ class StructuralModel:
         return total
 
     def log_likelihood(self, params: dict, emissions, inputs=None) -> jax.Array:
-        """Sum over sequences and emissions of log p(y | params).  emissions (M, T, D)."""
-        form = "covariance" if self.kalman_form in ("auto", "dynamax") else self.kalman_form
+        """Sum over sequences and emissions of log p(y | params).  emissions (M, T, D).
 
-        def one(p, y, u):  # one emission, one sequence: y (T,)
-            return marginal_log_prob(self.emission_lgssm(p), y[:, None], u, form=form)
+        Each emission's scalar filter (``smoother.log_likelihood``); ``kalman_form`` does not apply
+        (tests: it equals ``sampler.kalman.marginal_log_prob`` of ``lgssm`` and statsmodels')."""
+        M, T, _ = emissions.shape
+        u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
+        h = jnp.asarray(self.observation, emissions.dtype)
+        s0 = jnp.asarray(self.initial_sds, emissions.dtype)
 
-        per_seq = jax.vmap(one, in_axes=(None, 0, None if inputs is None else 0))
+        def one(p, y, uu):  # one emission, one sequence: y (T,)
+            return smoother.log_likelihood(self.transition(p), self.disturbance_variances(p), h, p["obs_sd"] ** 2,
+                                           jnp.zeros_like(s0), s0, y, uu @ self.regression_coefficients(p))
+
+        per_seq = jax.vmap(one, in_axes=(None, 0, 0))
         per_emission = jax.vmap(per_seq, in_axes=(0, 2, None))
-        return jnp.sum(per_emission(params, emissions, inputs))
+        return jnp.sum(per_emission(params, emissions, u))
 
     def log_joint(self, params: dict, emissions, inputs=None) -> jax.Array:
         return self.log_prior(params) + self.log_likelihood(params, emissions, inputs)

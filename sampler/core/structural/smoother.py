@@ -19,6 +19,28 @@ def _sym(P):
     return 0.5 * (P + P.T)
 
 
+def log_likelihood(F, q, h, r, m0, s0, y, offset):
+    """log p(y_{1:T}) of one scalar series (x_1 ~ N(m0, diag(s0^2)); NaN = missing), by the same
+    scalar-innovation covariance filter: -1/2 sum over observed t of log(2 pi f_t) + e_t^2 / f_t.
+    A dense filter (``sampler.kalman``) would factor a 1 x 1 matrix per step and carry the
+    general model's bias and input terms; this is the marginal moves' inner loop."""
+    observed = jnp.isfinite(y)
+
+    def step(carry, xs):
+        a, P = carry
+        v, o, obs = xs
+        f = h @ P @ h + r
+        e = jnp.where(obs, v - o - h @ a, 0.0)
+        K = P @ h / f
+        a = jnp.where(obs, a + K * e, a)
+        P = jnp.where(obs, P - jnp.outer(K, K) * f, P)
+        ll = jnp.where(obs, -0.5 * (jnp.log(2 * jnp.pi * f) + e ** 2 / f), 0.0)
+        return (F @ a, _sym(F @ P @ F.T) + jnp.diag(q)), ll
+
+    _, ll = jax.lax.scan(step, (m0, jnp.diag(s0 ** 2)), (jnp.where(observed, y, 0.0), offset, observed))
+    return jnp.sum(ll)
+
+
 def smoothed_mean(F, q, h, r, P1, v):
     """E[x_{1:T} | v] for the model with zero initial mean and no offsets.
 
