@@ -196,7 +196,7 @@ def _warmup_variance(path, position):
 
 def build_gibbs(settings: KernelSettings) -> Kernel:
     """Blocked Gibbs: ``sampler.core.gibbs`` for the general LG-SSM, ``sampler.core.structural.gibbs``
-    for a structural model; no tuning; warmup is plain burn-in.
+    for a structural model; no step size or gradients; warmup is burn-in.
 
     Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
     Its tuning's ``inverse_mass_matrix`` is the warmup's variance of each coordinate (the posterior
