@@ -146,7 +146,9 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
     per_pass = max(1, min(batch // n_pass, chains * len(keep)))
     passes = _Passes(compiled_pass(ctx.model), n_pass, per_pass, ctx.dtype)
     names_of_components = getattr(ctx.model, "component_names", ())
-    component_passes = (_Passes(compiled_pass(ctx.model, components=True), n_pass, per_pass, ctx.dtype)
+    # its results are K (components) times larger per draw: K times fewer draws per pass
+    component_passes = (_Passes(compiled_pass(ctx.model, components=True), n_pass,
+                                max(1, per_pass // len(names_of_components)), ctx.dtype)
                         if names_of_components else None)
     attrs = {"horizon": horizon, "burn_in": burn_in, "thin": thin, "chains": chains,
              "draws_per_chain": len(keep), "draws_available": available,
