@@ -145,7 +145,7 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
     n_pass = min(ds_read, batch)
     per_pass = max(1, min(batch // n_pass, chains * len(keep)))
     passes = _Passes(compiled_pass(ctx.model), n_pass, per_pass, ctx.dtype)
-    names_of_components = getattr(ctx.model, "component_names", ())
+    names_of_components = ctx.model.component_names
     # its results are K (components) times larger per draw: K times fewer draws per pass
     component_passes = (_Passes(compiled_pass(ctx.model, components=True), n_pass,
                                 max(1, per_pass // len(names_of_components)), ctx.dtype)

@@ -99,6 +99,9 @@ class Model:
         """Posterior variable (a leaf's store name) -> (shape per dataset, dim names)."""
         return {store_name(leaf): (self.leaf_shape(leaf), TABLE[leaf].dims) for leaf in LEAVES}
 
+    #: structural components (none: see ``StructuralModel.component_names``).
+    component_names = ()
+
     #: variables the likelihood identifies (the others move along its invariant directions, so
     #: their R-hat says nothing about convergence): the default of ``sampler summary``.
     identified = ("emissions_cov",)

@@ -64,7 +64,8 @@ class ModelConfig(_Section):
                 check_component(c.kind, c.period, c.harmonics, c.order, self.input_dim, c.priors)
             except ValueError as err:
                 raise ValueError(f"components[{i}]: {err}") from None
-            for p in _variable_names(c.component(self.input_dim)):
+            component = c.component(self.input_dim)
+            for p in (component.variable(name) for name, _, _ in component.parameters()):
                 if p in names:
                     raise ValueError(f"components[{i}]: variable {p!r} is already taken; give the component a name")
                 names.add(p)
@@ -164,12 +165,6 @@ class Config(_Section):
 
 #: config keys whose change alters the draws (resume refuses when they differ).
 RESULT_KEYS = ("model", "data", "sampler", "run.checkpoint_every", "run.shard_size")
-
-
-def _variable_names(c: Component) -> list[str]:
-    names = [c.variable(d.parameter) for d in c.disturbances]
-    names += [c.variable("damping")] if c.kind == "damped_trend" else []
-    return names + ([c.variable("coefficients")] if c.coefficients else [])
 
 
 def _canonical_leaf(name: str, where: str) -> str:

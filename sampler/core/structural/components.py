@@ -107,6 +107,16 @@ class Component:
         """Length of the ``coefficients`` parameter (0: none)."""
         return self.order if self.kind == "ar" else self.input_dim if self.kind == "regression" else 0
 
+    def parameters(self) -> list[tuple[str, str, int]]:
+        """(parameter, kind, trailing size) of each of its parameters, in order: the disturbance sds
+        (kind ``sd``), the ``damping``, the ``coefficients`` (kind ``ar`` / ``regression``)."""
+        out = [(d.parameter, "sd", 0) for d in self.disturbances]
+        if self.kind == "damped_trend":
+            out.append(("damping", "damping", 0))
+        if self.coefficients:
+            out.append(("coefficients", self.kind, self.coefficients))
+        return out
+
     def variable(self, parameter: str) -> str:
         """Posterior variable name: ``<name>_<parameter>``; a trend component with its default name
         calls its sds after their states (``level_sd``, ``slope_sd``), as statsmodels and tfp do."""

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from dynamax.linear_gaussian_ssm import ParamsLGSSM, ParamsLGSSMDynamics, ParamsLGSSMEmissions, ParamsLGSSMInitial
 
-from sampler.core.model import missingness
+from sampler.core.model import Model, missingness
 from sampler.core.structural import smoother
 from sampler.core.structural.components import OBS_SD_SCALE, Component
 
@@ -115,13 +115,8 @@ class StructuralModel:
     # --- structure ------------------------------------------------------------------------------
     @cached_property
     def parameters(self) -> tuple[Parameter, ...]:
-        out = []
-        for i, c in enumerate(self.components):
-            out += [Parameter(c.variable(d.parameter), "sd", i, 0, c.prior(d.parameter)) for d in c.disturbances]
-            if c.kind == "damped_trend":
-                out.append(Parameter(c.variable("damping"), "damping", i, 0, c.prior("damping")))
-            if c.coefficients:
-                out.append(Parameter(c.variable("coefficients"), c.kind, i, c.coefficients, c.prior("coefficients")))
+        out = [Parameter(c.variable(name), kind, i, size, c.prior(name))
+               for i, c in enumerate(self.components) for name, kind, size in c.parameters()]
         out.append(Parameter("obs_sd", "sd", -1, 0, self.obs_sd_scale))
         return tuple(out)
 
@@ -247,14 +242,8 @@ class StructuralModel:
                                            input_weights=one.emissions.input_weights.reshape(D, U),
                                            cov=blocks(one.emissions.cov)))
 
-    # --- filter forms (as Model's) -------------------------------------------------------------
-    @property
-    def moments_form(self) -> str:
-        return "auto" if self.kalman_form == "dynamax" else self.kalman_form
-
-    @property
-    def predictive_form(self) -> str:
-        return self.kalman_form if self.kalman_form in ("information", "covariance") else "auto"
+    # --- filter form of the posterior-predictive passes: the general model's policy ---------------
+    predictive_form = Model.predictive_form
 
     # --- initial values -------------------------------------------------------------------------
     def initial_params(self, key, init_values: Optional[dict] = None) -> dict:
