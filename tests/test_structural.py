@@ -49,6 +49,38 @@ def test_log_likelihood_equals_statsmodels_unobserved_components():
     assert ours == pytest.approx(expected, rel=1e-8)
 
 
+def _statsmodels_without_regression(y, model):
+    """statsmodels' UC model of FULL less the regression, at FULL_PARAMS, known initial state."""
+    from statsmodels.tsa.statespace.structural import UnobservedComponents
+    ref = UnobservedComponents(y, level="lltrend", seasonal=12, freq_seasonal=[{"period": 4, "harmonics": 2}],
+                               autoregressive=2)
+    ref.ssm.initialize_known(np.zeros(model.component_state_dim), np.diag(model.initial_sds ** 2))
+    by_name = {"sigma2.irregular": 0.36, "sigma2.level": 0.09, "sigma2.trend": 0.0025, "sigma2.seasonal": 0.04,
+               "sigma2.freq_seasonal_4(2)": 0.0225, "sigma2.ar": 0.16, "ar.L1": 0.5, "ar.L2": -0.2}
+    return ref, np.array([by_name[n] for n in ref.param_names])
+
+
+def test_structured_transition_and_smoother_equal_statsmodels():
+    """F x, F' x (never formed) against statsmodels' transition matrix; the fast state smoother's
+    E[x | y] (no P_t kept) against statsmodels' smoothed states, with missing values."""
+    from sampler.core.structural import smoother
+    y, _ = _series()
+    model = StructuralModel(FULL[:-1], 1)
+    p = {k: jnp.asarray(v)[0] for k, v in FULL_PARAMS.items() if not k.startswith("regression")}
+    ref, theta = _statsmodels_without_regression(y, model)
+    ref.update(theta)
+    F_ref = np.asarray(ref.ssm["transition"])            # (S, S): time-invariant
+    tr = model.transition(p)
+    x = np.random.default_rng(1).normal(size=(model.component_state_dim, 3))
+    np.testing.assert_allclose(tr.apply(jnp.asarray(x)), F_ref @ x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tr.apply_transposed(jnp.asarray(x)), F_ref.T @ x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.lgssm({k: v[None] for k, v in p.items()}).dynamics.weights, F_ref, atol=1e-12)
+    mean = smoother.smoothed_mean(tr, model.disturbance_variances(p), model.loaded_states, p["obs_sd"] ** 2,
+                                  jnp.diag(jnp.asarray(model.initial_sds) ** 2), jnp.asarray(y))
+    expected = ref.smooth(theta).smoothed_state.T
+    np.testing.assert_allclose(mean, expected, rtol=1e-8, atol=1e-8)
+
+
 def test_log_likelihood_equals_general_path_with_two_emissions():
     """Damped trend (statsmodels has none) and two emissions: the block-diagonal LG-SSM's value."""
     comps = (Component.create("damped_trend"), Component.create("seasonal", period=3))

@@ -21,7 +21,6 @@ Plain numpy and Python: the config validates against ``KINDS`` before JAX is loa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
@@ -139,26 +138,6 @@ class Component:
         elif self.state_dim:
             h[0] = 1.0
         return h
-
-    def fixed_transition(self) -> np.ndarray:
-        """F_c (state_dim, state_dim) with damping 1 / AR coefficients 0 (``transition`` sets them)."""
-        S = self.state_dim
-        if self.kind == "level":
-            return np.ones((1, 1))
-        if self.kind in ("local_linear_trend", "damped_trend"):
-            return np.array([[1.0, 1.0], [0.0, 1.0]])
-        if self.kind == "seasonal" and self.harmonics:
-            F = np.zeros((S, S))
-            for j in range(1, self.harmonics + 1):
-                lam = 2 * math.pi * j / self.period
-                F[2 * j - 2:2 * j, 2 * j - 2:2 * j] = [[math.cos(lam), math.sin(lam)], [-math.sin(lam), math.cos(lam)]]
-            return F
-        F = np.zeros((S, S))
-        if self.kind == "seasonal":
-            F[0, :] = -1.0
-        if S > 1:
-            F[1:, :-1] = np.eye(S - 1)
-        return F
 
 
 def check_component(kind: str, period: int, harmonics: int, order: int, input_dim: int,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from sampler.core.structural.model import StructuralModel, is_stationary
 from sampler.core.structural.smoother import simulation_smoother
+from sampler.core.structural.transition import Transition
 
 
 def _normal_draw(key, precision, shift):
@@ -44,31 +45,36 @@ def _normal_draw(key, precision, shift):
     return mean + jax.scipy.linalg.solve_triangular(L, xi, lower=True, trans="T")
 
 
-def _unit_responses(F, eta):
+def _transitioned(tr: Transition, x):
+    """F x_i for every state vector x_i on the last axis of x (..., S): x @ F'."""
+    return jnp.moveaxis(tr.apply(jnp.moveaxis(x, -1, 0)), 0, -1)
+
+
+def _unit_responses(tr: Transition, eta):
     """z (M, T, J, S): z_1 = 0, z_t = F z_{t-1} + eta_{t-1} for eta (M, T-1, J, S)."""
     M, _, J, S = eta.shape
 
     def step(z, e):
-        z = z @ F.T + e
+        z = _transitioned(tr, z) + e
         return z, z
 
-    z0 = jnp.zeros((M, J, S), F.dtype)
+    z0 = jnp.zeros((M, J, S), eta.dtype)
     _, rest = jax.lax.scan(step, z0, jnp.swapaxes(eta, 0, 1))
     return jnp.concatenate([z0[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
 
 
-def _initial_loadings(F, h, T):
+def _initial_loadings(tr: Transition, h, T):
     """g (T, S): g_t = h' F^{t-1}, the loading of x_1 in y_t."""
     def step(g, _):
-        return g @ F, g
+        return tr.apply_transposed(g), g
     _, g = jax.lax.scan(step, h, None, length=T)
     return g
 
 
-def _centred_path(F, x1, increments):
+def _centred_path(tr: Transition, x1, increments):
     """x (M, T, S) from x_1 (M, S) and x_t - F x_{t-1} (M, T-1, S)."""
     def step(x, e):
-        x = x @ F.T + e
+        x = _transitioned(tr, x) + e
         return x, x
     _, rest = jax.lax.scan(step, x1, jnp.swapaxes(increments, 0, 1))
     return jnp.concatenate([x1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
@@ -78,9 +84,8 @@ def _regression(key, model: StructuralModel, p: dict, z, y, u, observed, sds_nam
     """Step 2: (x_1 (M, S), signed sds (J,), beta (U,)) | z, y, obs_sd."""
     M, T, J, S = z.shape
     U = model.input_dim
-    F, h = model.transition(p), jnp.asarray(model.observation, y.dtype)
-    g = _initial_loadings(F, h, T)                               # (T, S)
-    w = z @ h                                                    # (M, T, J)
+    g = _initial_loadings(model.transition(p), jnp.asarray(model.observation, y.dtype), T)   # (T, S)
+    w = jnp.sum(z[..., model.loaded_states], axis=-1)            # (M, T, J): h' z
     initial = jnp.einsum("mn,ts->mtns", jnp.eye(M, dtype=y.dtype), g).reshape(M, T, M * S)
     X = jnp.concatenate([initial, w, u], axis=-1) * observed[..., None]
     X, target = X.reshape(M * T, -1), jnp.where(observed, y, 0.0).reshape(M * T)
@@ -155,20 +160,20 @@ def emission_sweep(key, model: StructuralModel, p: dict, y, u):
     M, T = y.shape
     k_x, k_reg, k_obs, k_asis, k_dyn = jax.random.split(key, 5)
     dtype = y.dtype
-    F, h = model.transition(p), jnp.asarray(model.observation, dtype)
+    tr = model.transition(p)
     q, r = model.disturbance_variances(p), p["obs_sd"] ** 2
     offset = u @ model.regression_coefficients(p)
     s0 = jnp.asarray(model.initial_sds, dtype)
-    x = jax.vmap(lambda k, yy, o: simulation_smoother(k, F, q, h, r, jnp.zeros_like(s0), s0, yy, o))(
-        jax.random.split(k_x, M), y, offset)
+    x = jax.vmap(lambda k, yy, o: simulation_smoother(k, tr, q, model.loaded_states, r, jnp.zeros_like(s0), s0,
+                                                      yy, o))(jax.random.split(k_x, M), y, offset)
 
     names, sel = model.disturbance_selection
     sel = jnp.asarray(sel, dtype)
     sds = jnp.stack([p[n] for n in names]) if names else jnp.zeros((0,), dtype)
-    increments = x[:, 1:] - x[:, :-1] @ F.T                                  # (M, T-1, S)
+    increments = x[:, 1:] - _transitioned(tr, x[:, :-1])                     # (M, T-1, S)
     eta = increments[:, :, None, :] * sel / jnp.where(sds > 0, sds, 1.0)[:, None]  # unit disturbances
     observed = jnp.isfinite(y)
-    x1, signed, beta, resid = _regression(k_reg, model, p, _unit_responses(F, eta), y, u, observed, names)
+    x1, signed, beta, resid = _regression(k_reg, model, p, _unit_responses(tr, eta), y, u, observed, names)
 
     new = {"obs_sd": _sd_given_residuals(k_obs, p["obs_sd"], jnp.sum(observed).astype(dtype),
                                          jnp.sum(resid ** 2), model.obs_sd_scale)}
@@ -177,7 +182,7 @@ def emission_sweep(key, model: StructuralModel, p: dict, y, u):
             new[c.variable("coefficients")] = beta
     increments = jnp.einsum("mtjs,j->mts", eta, signed)
     new.update(zip(names, _centred_sds(k_asis, model, increments, jnp.abs(signed), sel)))
-    new = _dynamics(k_dyn, model, p, _centred_path(F, x1, increments), new)
+    new = _dynamics(k_dyn, model, p, _centred_path(tr, x1, increments), new)
     return {q.name: new[q.name] for q in model.parameters}
 
 

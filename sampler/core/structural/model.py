@@ -29,6 +29,7 @@ from dynamax.linear_gaussian_ssm import ParamsLGSSM, ParamsLGSSMDynamics, Params
 from sampler.core.model import Model, missingness
 from sampler.core.structural import smoother
 from sampler.core.structural.components import OBS_SD_SCALE, Component
+from sampler.core.structural.transition import Transition
 
 #: the chains' starting values (each jittered by exp(N(0, 0.5^2)) per chain): sds, damping.
 START_SD, START_OBS_SD, START_DAMPING, START_JITTER = 0.1, 0.5, 0.9, 0.5
@@ -170,18 +171,17 @@ class StructuralModel:
     def initial_sds(self) -> np.ndarray:
         return np.concatenate([c.initial_sds() for c in self.components])
 
-    def transition(self, p: dict) -> jax.Array:
-        """F_e (S_e, S_e) of one emission's parameters ``p`` (name -> () or (k,))."""
-        S = self.component_state_dim
-        F = jnp.zeros((S, S), p["obs_sd"].dtype)
-        for c, offset in zip(self.components, self.offsets):
-            Fc = jnp.asarray(c.fixed_transition(), F.dtype)
-            if c.kind == "damped_trend":
-                Fc = Fc.at[1, 1].set(p[c.variable("damping")])
-            if c.kind == "ar":
-                Fc = Fc.at[0, :].set(p[c.variable("coefficients")])
-            F = F.at[offset:offset + c.state_dim, offset:offset + c.state_dim].set(Fc)
-        return F
+    def transition(self, p: dict) -> Transition:
+        """F_e of one emission's parameters ``p`` (name -> () or (k,)), applied without forming it
+        (``Transition.dense`` forms it)."""
+        values = {i: p[c.variable("damping" if c.kind == "damped_trend" else "coefficients")]
+                  for i, c in enumerate(self.components) if c.kind in ("damped_trend", "ar")}
+        return Transition(self.components, values)
+
+    @cached_property
+    def loaded_states(self) -> np.ndarray:
+        """The states with h = 1 (h is 0/1): y_t = sum of them + regression + noise."""
+        return np.flatnonzero(self.observation)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -220,7 +220,7 @@ class StructuralModel:
         dtype = p["obs_sd"].dtype
         return ParamsLGSSM(
             initial=ParamsLGSSMInitial(mean=jnp.zeros(S, dtype), cov=jnp.diag(jnp.asarray(self.initial_sds ** 2, dtype))),
-            dynamics=ParamsLGSSMDynamics(weights=self.transition(p), bias=jnp.zeros(S, dtype),
+            dynamics=ParamsLGSSMDynamics(weights=self.transition(p).dense(dtype), bias=jnp.zeros(S, dtype),
                                          input_weights=jnp.zeros((S, U), dtype),
                                          cov=jnp.diag(self.disturbance_variances(p))),
             emissions=ParamsLGSSMEmissions(weights=jnp.asarray(self.observation, dtype)[None], bias=jnp.zeros(1, dtype),
@@ -333,12 +333,12 @@ class StructuralModel:
         (tests: it equals ``sampler.kalman.marginal_log_prob`` of ``lgssm`` and statsmodels')."""
         M, T, _ = emissions.shape
         u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
-        h = jnp.asarray(self.observation, emissions.dtype)
         s0 = jnp.asarray(self.initial_sds, emissions.dtype)
 
         def one(p, y, uu):  # one emission, one sequence: y (T,)
-            return smoother.log_likelihood(self.transition(p), self.disturbance_variances(p), h, p["obs_sd"] ** 2,
-                                           jnp.zeros_like(s0), s0, y, uu @ self.regression_coefficients(p))
+            return smoother.log_likelihood(self.transition(p), self.disturbance_variances(p), self.loaded_states,
+                                           p["obs_sd"] ** 2, jnp.zeros_like(s0), s0, y,
+                                           uu @ self.regression_coefficients(p))
 
         per_seq = jax.vmap(one, in_axes=(None, 0, 0))
         per_emission = jax.vmap(per_seq, in_axes=(0, 2, None))
