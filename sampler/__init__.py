@@ -5,6 +5,7 @@ Python API::
     import sampler
     run_dir = sampler.run("config.toml", sampler__num_draws=200)   # -> pathlib.Path
     tree = sampler.open_run(run_dir)                               # -> xarray.DataTree
+    sampler.forecast(run_dir, horizon=8)                           # `sampler forecast`: group "forecast"
     sampler.kalman.marginal_log_prob(params, emissions)            # dynamax's lgssm_filter loglik
     frame = sampler.forecast_frame(run_dir, levels=(80, 95))      # after `sampler forecast`: pandas
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Union
 
 __version__ = "0.1.0"
-__all__ = ["forecast_frame", "kalman", "open_run", "run"]
+__all__ = ["forecast", "forecast_frame", "kalman", "open_run", "run"]
 
 
 def run(config_or_path, *, progress: bool = True, **overrides) -> Path:
@@ -45,6 +46,16 @@ def open_run(run_dir: Union[str, Path]):
     from sampler.storage import store
     from sampler.storage.rundir import RunDir
     return store.open_tree(RunDir(run_dir).store)
+
+
+def forecast(run_dir: Union[str, Path], horizon: int = 50, *, burn_in: int = 0, thin: int = 1,
+             plot=None) -> dict:
+    """``sampler forecast``: smooth and forecast every dataset of a run, writing the store's
+    ``forecast`` group (``sampler.analysis.forecast.forecast_run``; ``plot``: dataset indices whose
+    figures go to ``DIR/plots/``).  Returns what the command prints."""
+    from sampler.analysis import forecast as forecast_mod
+    from sampler.storage.rundir import RunDir
+    return forecast_mod.forecast_run(RunDir(run_dir).require().path, horizon=horizon, burn_in=burn_in, thin=thin, plot=plot)
 
 
 def forecast_frame(run_dir: Union[str, Path], levels=(80, 95)):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from helpers import cli
-from sampler.analysis import diagnostics, forecast
+from sampler.analysis import diagnostics
 from sampler.storage import config as config_mod
 
 pytestmark = pytest.mark.timeout(600)
@@ -56,14 +56,18 @@ def test_structural_run_summary_forecast_frame_end_to_end(tmp_path):
     sampler.run(tmp_path / "c.toml")   # in-process: a CLI call would import JAX again
     summary = diagnostics.summarize(tmp_path / "run")
     assert summary["quantities"] == ["level_sd", "obs_sd", "quarterly_sd", "slope_sd"]
-    result = forecast.forecast_run(tmp_path / "run", horizon=8, plot=[1])
+    result = sampler.forecast(tmp_path / "run", horizon=8, plot=[1])
     assert str(tmp_path / "run" / "plots" / "decomposition_1_e0.png") in result["plots"]
     tree = xr.open_datatree(tmp_path / "run" / "samples.zarr", engine="zarr")
     post = tree["posterior"]
     assert set(post.data_vars) == {"level_sd", "slope_sd", "quarterly_sd", "obs_sd"}
     assert post["slope_sd"].dims == ("chain", "draw", "dataset", "emission")
     assert (post["obs_sd"] > 0).all()
+    # the table's dataset names are the store's dataset coordinate, in every group
+    assert list(post["obs_sd"]["dataset"].values) == ["s0", "s1", "s2"]
+    np.testing.assert_array_equal(post["obs_sd"].sel(dataset="s1"), post["obs_sd"].isel(dataset=1))
     fc = tree["forecast"]
+    assert list(fc["smooth_mean"]["dataset"].values) == ["s0", "s1", "s2"]
     assert list(fc["component"].values) == ["local_linear_trend", "quarterly"]
     assert fc["component_mean"].dims == ("dataset", "time", "component", "emission")
     # on the data scale (standardised data; the centre goes with the first component)

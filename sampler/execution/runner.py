@@ -109,7 +109,7 @@ def prepare_run_dir(ctx: RunContext) -> bool:
     store.create(tmp_store, ctx.model, num_chains=cfg.sampler.num_chains, num_draws=cfg.sampler.num_draws,
                  num_datasets=data.num_datasets, draws_per_chunk=min(cfg.run.checkpoint_every, cfg.sampler.num_draws),
                  datasets_per_chunk=ctx.shard_size, emissions=data.emissions, inputs=data.inputs,
-                 has_sequences=data.has_sequences, center=data.center, scale=data.scale,
+                 has_sequences=data.has_sequences, center=data.center, scale=data.scale, labels=data.labels,
                  attrs={"sampler_algorithm": ctx.algorithm, "kalman": ctx.model.kalman_form,
                         "identified": list(ctx.model.identified),
                         "frozen": list(cfg.model.frozen),

@@ -38,11 +38,19 @@ def _create(group, name, shape, chunks, dtype, dims):
 
 def create(path: Path, model: AnyModel, *, num_chains: int, num_draws: int, num_datasets: int,
            draws_per_chunk: int, datasets_per_chunk: int, emissions: np.ndarray, inputs,
-           has_sequences: bool, attrs: Mapping, center=None, scale=None) -> None:
+           has_sequences: bool, attrs: Mapping, center=None, scale=None, labels=None) -> None:
     """Create the empty store with observed data written.  emissions: (N, M, T, D); with
-    ``[data] standardize``, center and scale (N, D) go to ``observed_data`` beside the (scaled) data."""
+    ``[data] standardize``, center and scale (N, D) go to ``observed_data`` beside the (scaled) data.
+    ``labels`` (N,): the data file's dataset names, the root's ``dataset`` coordinate (every group
+    inherits it in ``open_tree``: ``posterior.sel(dataset="nights_NSWMetro")``); None for an .npz."""
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.attrs.update(dict(attrs))
+    if labels is not None:
+        labels = np.asarray(labels)
+        labels = labels.astype(np.int64) if labels.dtype.kind in "iu" else labels.astype(str)
+        coord = root.create_array("dataset", shape=labels.shape, chunks=labels.shape, dimension_names=("dataset",),
+                                  dtype=labels.dtype if labels.dtype.kind == "i" else str, compressors=_COMPRESSOR)
+        coord[...] = labels
     lead = (num_chains, num_draws, num_datasets)
     lead_chunks = (num_chains, draws_per_chunk, datasets_per_chunk)
     lead_dims = ("chain", "draw", "dataset")
