@@ -96,3 +96,13 @@ def test_bad_component_config_exits_2_from_the_cli(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "state_dim = 3 but the components have 5" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [("simulate", "c.toml", "--out", "s.npz", "--num-datasets", "2"),
+                                     ("calibrate", "c.toml", "--num-datasets", "2", "--run-dir", "study")])
+def test_simulate_and_calibrate_refuse_structural_models_in_one_line(tmp_path, command):
+    (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=""))
+    res = cli(*command, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+    assert "structural models (model.components) are not supported yet" in res.stderr
+    assert not (tmp_path / "s.npz").exists() and not (tmp_path / "study").exists()

@@ -115,6 +115,9 @@ def simulate_arrays(cfg: Config, *, num_datasets: int, source: str = "prior", nu
         info: settings, draws made and rejected, fraction with explosive dynamics (spectral radius
         of F > 1) among all prior draws and among the kept datasets.
     """
+    if cfg.model.components:
+        raise UserError("sampler simulate / calibrate: structural models (model.components) are not supported yet; "
+                        "their simulation-based calibration is in tests/test_structural.py (docs/structural.md)")
     if source not in ("prior", "truth"):
         raise UserError(f"--from {source!r}: expected 'prior' or 'truth'")
     for name, value in (("--num-datasets", num_datasets), ("--num-timesteps", num_timesteps),
