@@ -1,5 +1,6 @@
 """Structural models: exact log-likelihoods against statsmodels and the general path, Gibbs against
 NUTS, simulation-based calibration, config errors (a run end to end: test_structural_run.py)."""
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,7 +123,6 @@ def _chains(model, kernel, y, num_chains, num_warmup, num_draws, seed=0):
 
 def _mean_and_se(x):
     """Posterior mean and its Monte Carlo standard error (arviz's ESS) of draws (C, K)."""
-    import arviz as az
     return x.mean(), x.std() / np.sqrt(float(az.ess(x)))
 
 
@@ -161,6 +161,43 @@ def _assert_uniform(ranks, num_ranks, bins=5):
             counts = np.histogram(column, bins=bins, range=(0, num_ranks + 1))[0]
             p = stats.chisquare(counts).pvalue
             assert p > 1e-3, (name, counts, p)
+
+
+def test_gibbs_with_frozen_variables_matches_quadrature():
+    """A local level + regression with obs_sd and the coefficient frozen: the one free variable,
+    level_sd, has a 1-d posterior; Gibbs (conditioning on the frozen values in every block) against
+    quadrature of prior x exact likelihood."""
+    from sampler.core.structural import gibbs
+    comps = (Component.create("level"), Component.create("regression", input_dim=1))
+    model = StructuralModel(comps, 1, 1, frozen=("obs_sd", "regression_coefficients"))
+    rng = np.random.default_rng(5)
+    T, u = 80, rng.normal(size=(1, 80, 1))
+    y = np.cumsum(0.3 * rng.normal(size=T)) + 0.8 * u[0, :, 0] + 0.5 * rng.normal(size=T)
+    y[[10, 40]] = np.nan
+    y, u = jnp.asarray(y)[None, :, None], jnp.asarray(u)
+    fixed = {"obs_sd": jnp.array([0.5]), "regression_coefficients": jnp.array([[0.8]])}
+
+    grid = np.linspace(1e-3, 1.5, 3000)
+    def log_post(sd):
+        p = dict(fixed, level_sd=jnp.array([sd]))
+        return model.log_prior(p) + model.log_likelihood(p, y, u)
+    lp = np.asarray(jax.vmap(log_post)(jnp.asarray(grid)))
+    w = np.exp(lp - lp.max())
+    w /= w.sum()
+    mean, sd = float(np.sum(w * grid)), float(np.sqrt(np.sum(w * (grid - np.sum(w * grid)) ** 2)))
+
+    def chain(key):
+        p = model.initial_params(jax.random.fold_in(key, 0), fixed)
+        def step(p, k):
+            p = gibbs.gibbs_sweep(k, model, p, y, u)
+            return p, p["level_sd"][0]
+        _, draws = jax.lax.scan(step, p, jax.random.split(key, 1200))
+        return draws[200:]
+    draws = np.asarray(jax.jit(jax.vmap(chain))(jax.random.split(jax.random.PRNGKey(0), 8)))
+    ess = float(az.ess(draws))
+    assert ess > 800
+    assert abs(draws.mean() - mean) < 4 * sd / np.sqrt(ess)
+    assert draws.std() == pytest.approx(sd, rel=0.15)
 
 
 def test_sbc_local_level():

@@ -90,6 +90,46 @@ def test_structural_run_summary_forecast_frame_end_to_end(tmp_path):
     assert again.model.components[0].priors == {"slope_sd": 0.05} and again.model.state_dim == 5
 
 
+def _quarterly_table(path, n=2, T=40, seed=1):
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2000-01-01", periods=T, freq="QS")
+    rows = [{"unique_id": f"s{i}", "ds": d.date().isoformat(),
+             "y": 0.1 * k + [1, 0, -1, 0.5][k % 4] + 0.3 * rng.normal()} for i in range(n) for k, d in enumerate(dates)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+FROZEN = 'frozen = ["obs_sd", "quarterly_sd"]\n[model.init]\nobs_sd = 0.3\nquarterly_sd = 0.0\nlevel_sd = 0.2\n'
+
+
+def test_frozen_structural_variables_stay_at_their_values(tmp_path):
+    """model.frozen with model.init: the frozen variables are stored at their values in every draw
+    and left out of the summary; a frozen seasonal sd of 0 is a fixed seasonal pattern."""
+    import sampler
+    _quarterly_table(tmp_path / "d.csv")
+    (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=FROZEN))
+    sampler.run(tmp_path / "c.toml")
+    post = sampler.open_run(tmp_path / "run")["posterior"]
+    assert (post["obs_sd"].values == 0.3).all() and (post["quarterly_sd"].values == 0.0).all()
+    assert float(post["level_sd"].std()) > 0 and float(post["slope_sd"].std()) > 0
+    assert diagnostics.summarize(tmp_path / "run")["quantities"] == ["level_sd", "slope_sd"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('frozen = ["damping"]\n', "model.frozen: unknown variable 'damping'; the components' are level_sd, obs_sd"),
+    ('frozen = ["obs_sd"]\n', "model.frozen: obs_sd needs a value: model.init.obs_sd or init_obs_sd"),
+    ('[model.init]\nobs_sd = [0.1, 0.2]\n', "model.init.obs_sd: [0.1, 0.2] does not fit shape (1,)"),
+    ('[model.init]\nslope_sd = 0.0\n', "model.init.slope_sd: a standard deviation must be > 0"),
+])
+def test_bad_frozen_or_init_gives_one_line_and_exit_2(tmp_path, extra, message):
+    _quarterly_table(tmp_path / "d.csv")
+    (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=extra))
+    res = cli("run", "c.toml", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+    assert message in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_component_config_exits_2_from_the_cli(tmp_path):
     (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra="state_dim = 3"))
     res = cli("run", "c.toml", cwd=tmp_path)

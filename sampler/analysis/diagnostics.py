@@ -199,7 +199,7 @@ def summarize(run_dir: Path, *, all_leaves: bool = False) -> dict:
     frozen = set(root.attrs.get("frozen", []))
     identified = set(root.attrs.get("identified", Model.identified))  # runs before it was recorded
     names = [v for v in sorted(posterior.array_keys(), key=_leaf_order) if posterior[v].size > 0
-             and v.replace("_", ".", 1) not in frozen and (all_leaves or v in identified)]
+             and v not in frozen and v.replace("_", ".", 1) not in frozen and (all_leaves or v in identified)]
     arrays = {v: posterior[v] for v in names}
     if all_leaves:
         arrays["lp"] = stats_group["lp"]

@@ -5,7 +5,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sampler.errors import UserError
 from sampler.core.leaves import LEAVES, store_name
@@ -40,9 +40,12 @@ class ModelConfig(_Section):
     state_dim: Optional[int] = Field(None, ge=1)
     emission_dim: int = Field(ge=1)
     input_dim: int = Field(0, ge=0)
+    #: leaves (general model) or variables (``components``: e.g. ``obs_sd``, ``damped_trend_damping``)
+    #: held at their ``init`` value.
     frozen: list[str] = []
     #: initial values by leaf name (dotted or underscored): a number (times identity for square
-    #: covariance leaves, filled otherwise) or a nested list of the leaf's shape.
+    #: covariance leaves, filled otherwise) or a nested list of the leaf's shape; with ``components``,
+    #: by variable name: a number (every emission) or a list per emission.
     init: dict[str, Any] = {}
     #: Kalman filter used in the log density: auto | information | covariance | parallel (associative
     #: scan over time; for long runs on few long series, docs/performance.md) | dynamax (reference).
@@ -55,9 +58,9 @@ class ModelConfig(_Section):
         if not self.components:
             if self.state_dim is None:
                 raise ValueError("state_dim: required key is missing (or give model.components)")
+            self.__dict__["frozen"] = [_canonical_leaf(n, "model.frozen") for n in self.frozen]
+            self.__dict__["init"] = {_canonical_leaf(k, "model.init"): v for k, v in self.init.items()}
             return self
-        if self.frozen or self.init:
-            raise ValueError("frozen / init apply to the general LG-SSM, not to model.components")
         names = {"obs_sd"}
         for i, c in enumerate(self.components):
             try:
@@ -77,17 +80,21 @@ class ModelConfig(_Section):
         if self.state_dim is not None and self.state_dim != derived:
             raise ValueError(f"state_dim = {self.state_dim} but the components have {derived} states per emission")
         self.__dict__["state_dim"] = derived
+        for where, given in (("model.frozen", self.frozen), ("model.init", self.init)):
+            for name in given:
+                if name not in names:
+                    raise ValueError(f"{where}: unknown variable {name!r}; the components' are {', '.join(sorted(names))}")
         return self
 
-    @field_validator("frozen")
-    @classmethod
-    def _known_frozen(cls, names):
-        return [_canonical_leaf(n, "model.frozen") for n in names]
-
-    @field_validator("init")
-    @classmethod
-    def _known_init(cls, values):
-        return {_canonical_leaf(k, "model.init"): v for k, v in values.items()}
+    def variable_sizes(self) -> dict[str, int]:
+        """With ``components``: variable name -> length of its trailing axis (0: one value per
+        emission), as ``sampler.core.structural.model.StructuralModel.variables``."""
+        out = {}
+        for c in self.components:
+            component = c.component(self.input_dim)
+            out.update({component.variable(name): size for name, _, size in component.parameters()})
+        out["obs_sd"] = 0
+        return out
 
 
 class DataConfig(_Section):

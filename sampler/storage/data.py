@@ -193,31 +193,71 @@ def _inputs(arrays: dict, path: Path, cfg: Config, emissions: np.ndarray, has_se
     return inputs
 
 
-def _leaf_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[dict, dict]:
-    """(init_values, true_values): dotted leaf -> (n, *leaf_shape) from ``model.init`` and the file."""
-    leaves = () if model.components else LEAVES  # a structural model has no dynamax leaves to give
-    known = {"emissions", "inputs"} | {f"{p}_{store_name(leaf)}" for leaf in leaves for p in ("init", "true")}
+def _file_values(arrays: dict, path: Path, shapes: dict, n: int, init_values: dict, true_values: dict) -> None:
+    """``init_<name>`` / ``true_<name>`` arrays of the file (name -> shape per dataset) into the dicts."""
+    known = {"emissions", "inputs"} | {f"{p}_{name}" for name in shapes for p in ("init", "true")}
     for name in arrays:
         if name not in known and not name.startswith("future_"):
-            raise UserError(f"{path}: unknown array {name!r} (expected emissions, inputs"
-                            + (", init_<leaf>, true_<leaf>)" if leaves else "; model.components has no leaves)"))
-    init_values, true_values = {}, {}
-    for leaf in leaves:
-        shape = leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim)
-        if leaf in model.init:
-            where = f"model.init.{leaf}"
-            init_values[leaf] = _per_dataset(leaf_value(model.init[leaf], shape, where), shape, n, where)
+            raise UserError(f"{path}: unknown array {name!r} (expected emissions, inputs, "
+                            f"init_<name>, true_<name> for: {', '.join(shapes)})")
+    for name, shape in shapes.items():
         for prefix, target in (("init", init_values), ("true", true_values)):
-            key = f"{prefix}_{store_name(leaf)}"
+            key = f"{prefix}_{name}"
             if key in arrays:
                 arr = np.asarray(arrays[key], dtype=np.float64)
                 if not np.isfinite(arr).all():
                     raise UserError(f"{path}: {key} must be finite")
-                target[leaf] = _per_dataset(arr, shape, n, f"{path}: {key}")
+                target[name] = _per_dataset(arr, shape, n, f"{path}: {key}")
+
+
+def _leaf_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[dict, dict]:
+    """(init_values, true_values): dotted leaf -> (n, *leaf_shape) from ``model.init`` and the file."""
+    if model.components:
+        return _variable_values(arrays, path, model, n)
+    init_values, true_values = {}, {}
+    for leaf in LEAVES:
+        if leaf in model.init:
+            shape = leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim)
+            where = f"model.init.{leaf}"
+            init_values[leaf] = _per_dataset(leaf_value(model.init[leaf], shape, where), shape, n, where)
+    shapes = {store_name(leaf): leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim)
+              for leaf in LEAVES}
+    from_file_init, from_file_true = {}, {}
+    _file_values(arrays, path, shapes, n, from_file_init, from_file_true)
+    by_store = {store_name(leaf): leaf for leaf in LEAVES}
+    init_values.update({by_store[k]: v for k, v in from_file_init.items()})
+    true_values.update({by_store[k]: v for k, v in from_file_true.items()})
     for leaf in model.frozen:
         if leaf in RANDOM_DEFAULT and leaf not in init_values:
             raise UserError(f"model.frozen: {leaf} has a random default; give its value as "
                             f"init_{store_name(leaf)} in the data file or model.init.{leaf}")
+    return init_values, true_values
+
+
+def _variable_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[dict, dict]:
+    """A structural model's (init_values, true_values): variable -> (n, emission_dim[, size]) from
+    ``model.init`` (a number, or one value per emission) and the file; every frozen variable needs
+    one, sds >= 0 (> 0 unless frozen: the sampler starts from log sd), dampings in (0, 1)."""
+    D = model.emission_dim
+    shapes = {name: (D,) + ((k,) if k else ()) for name, k in model.variable_sizes().items()}
+    init_values, true_values = {}, {}
+    for name, value in model.init.items():
+        where = f"model.init.{name}"
+        try:
+            given = np.broadcast_to(np.asarray(value, dtype=np.float64), shapes[name])
+        except (ValueError, TypeError):
+            raise UserError(f"{where}: {value!r} does not fit shape {shapes[name]} (a number, or one per emission)") from None
+        init_values[name] = _per_dataset(given, shapes[name], n, where)
+    _file_values(arrays, path, shapes, n, init_values, true_values)
+    for name in model.frozen:
+        if name not in init_values:
+            raise UserError(f"model.frozen: {name} needs a value: model.init.{name} or init_{name} in the data file")
+    for name, value in init_values.items():
+        low_ok = value >= 0 if name in model.frozen else value > 0
+        if name.endswith("sd") and not (np.isfinite(value).all() and low_ok.all()):
+            raise UserError(f"model.init.{name}: a standard deviation must be {'>= 0' if name in model.frozen else '> 0'}")
+        if name.endswith("_damping") and not ((value > 0) & (value < 1)).all():
+            raise UserError(f"model.init.{name}: a damping must be in (0, 1)")
     return init_values, true_values
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sampler.core.structural.model import StructuralModel, is_stationary
 from sampler.core.structural.smoother import simulation_smoother
@@ -94,8 +95,17 @@ def _regression(key, model: StructuralModel, p: dict, z, y, u, observed, sds_nam
     prior_sd = jnp.concatenate([jnp.tile(jnp.asarray(model.initial_sds, y.dtype), M),
                                 jnp.asarray([scales[n] for n in sds_names], y.dtype).reshape(J),
                                 jnp.full((U,), beta_sd[0] if beta_sd else 1.0, y.dtype)])
+    # frozen sds / regression coefficients are known: their part of y leaves the target
+    frozen = set(model.frozen)
+    regression = [c.variable("coefficients") for c in model.components if c.kind == "regression"]
+    free = np.flatnonzero(np.concatenate([np.ones(M * S, bool), [n not in frozen for n in sds_names],
+                                          np.full(U, not (regression and regression[0] in frozen))]))
+    known = jnp.concatenate([jnp.zeros(M * S, y.dtype), jnp.stack([p[n] for n in sds_names]).reshape(J),
+                             model.regression_coefficients(p)]).at[free].set(0.0)
     r = p["obs_sd"] ** 2
-    theta = _normal_draw(key, jnp.diag(prior_sd ** -2) + X.T @ X / r, X.T @ target / r)
+    Xf = X[:, free]
+    theta_free = _normal_draw(key, jnp.diag(prior_sd[free] ** -2) + Xf.T @ Xf / r, Xf.T @ (target - X @ known) / r)
+    theta = known.at[free].set(theta_free)
     resid = jnp.where(observed, y - (X @ theta).reshape(M, T), 0.0)
     return theta[:M * S].reshape(M, S), theta[M * S:M * S + J], theta[M * S + J:], resid
 
@@ -139,6 +149,8 @@ def _dynamics(key, model: StructuralModel, p: dict, x, new: dict):
     """Step 4 for every damped trend and AR component, given the centred path x (M, T, S)."""
     keys = jax.random.split(key, len(model.components))
     for c, offset, k in zip(model.components, model.offsets, keys):
+        if c.variable("damping" if c.kind == "damped_trend" else "coefficients") in model.frozen:
+            continue
         if c.kind == "damped_trend":
             name, s = c.variable("damping"), offset + 1
             mean, sd = c.prior("damping")
@@ -182,6 +194,7 @@ def emission_sweep(key, model: StructuralModel, p: dict, y, u):
             new[c.variable("coefficients")] = beta
     increments = jnp.einsum("mtjs,j->mts", eta, signed)
     new.update(zip(names, _centred_sds(k_asis, model, increments, jnp.abs(signed), sel)))
+    new.update({n: p[n] for n in model.frozen})           # the blocks below condition on them
     new = _dynamics(k_dyn, model, p, _centred_path(tr, x1, increments), new)
     return {q.name: new[q.name] for q in model.parameters}
 
@@ -203,7 +216,7 @@ def marginal_moves(key, model: StructuralModel, params: dict, emissions, inputs,
     log density NUTS samples), proposal sds ``step_sd`` (dim,).  The Gibbs blocks trade the sds
     against each other only through the states, slowly where the data barely separate them; a move
     on the marginal posterior crosses that ridge directly, for one Kalman filter per step."""
-    logdensity = model.logdensity_fn(None, emissions, inputs)
+    logdensity = model.logdensity_fn(params, emissions, inputs)   # frozen values from params
     position = model.to_position(params)
 
     def step(carry, k):
@@ -215,7 +228,7 @@ def marginal_moves(key, model: StructuralModel, params: dict, emissions, inputs,
         return (jnp.where(ok, proposal, x), jnp.where(ok, lp_new, lp)), None
 
     (position, _), _ = jax.lax.scan(step, (position, logdensity(position)), jax.random.split(key, MARGINAL_STEPS))
-    return model.to_params(position)
+    return model.to_params(position, params)
 
 
 def gibbs_sweep(key, model: StructuralModel, params: dict, emissions, inputs=None, step_sd=None):

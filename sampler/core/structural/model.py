@@ -103,6 +103,8 @@ class StructuralModel:
     partial_missing: bool = False
     has_missing: bool = False
     obs_sd_scale: float = OBS_SD_SCALE
+    #: variables held at their given value (``initial_params``' ``init_values``): not in the
+    #: position, not moved by any Gibbs block, no prior term (conditioning on them).
     frozen: tuple[str, ...] = ()
 
     @classmethod
@@ -111,7 +113,7 @@ class StructuralModel:
         has_missing, partial_missing = (False, False) if emissions is None else missingness(emissions)
         components = tuple(c.component(model_cfg.input_dim) for c in model_cfg.components)
         return cls(components, model_cfg.emission_dim, model_cfg.input_dim, model_cfg.kalman,
-                   partial_missing, has_missing)
+                   partial_missing, has_missing, frozen=tuple(model_cfg.frozen))
 
     # --- structure ------------------------------------------------------------------------------
     @cached_property
@@ -121,6 +123,11 @@ class StructuralModel:
         out.append(Parameter("obs_sd", "sd", -1, 0, self.obs_sd_scale))
         return tuple(out)
 
+    @cached_property
+    def free_parameters(self) -> tuple[Parameter, ...]:
+        """The sampled parameters: all but the ``frozen`` ones, in order."""
+        return tuple(p for p in self.parameters if p.name not in self.frozen)
+
     @property
     def variables(self) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
         """Posterior variable -> (shape per dataset, dim names)."""
@@ -129,8 +136,8 @@ class StructuralModel:
 
     @property
     def identified(self) -> tuple[str, ...]:
-        """Every variable: the likelihood identifies them all (|sd|, not its sign)."""
-        return tuple(self.variables)
+        """Every sampled variable: the likelihood identifies them all (|sd|, not its sign)."""
+        return tuple(p.name for p in self.free_parameters)
 
     @staticmethod
     def variable_values(params: dict) -> dict:
@@ -247,13 +254,16 @@ class StructuralModel:
 
     # --- initial values -------------------------------------------------------------------------
     def initial_params(self, key, init_values: Optional[dict] = None) -> dict:
-        """A chain's starting values: sds START_SD (obs_sd START_OBS_SD), damping START_DAMPING,
-        coefficients 0, each sd and the damping's odds jittered by exp(N(0, START_JITTER^2))."""
+        """A chain's starting values: ``init_values[name]`` where given (the value of a frozen
+        variable), else sds START_SD (obs_sd START_OBS_SD), damping START_DAMPING, coefficients 0,
+        each sd and the damping's odds jittered by exp(N(0, START_JITTER^2))."""
         D = self.emission_dim
         out = {}
         for p, k in zip(self.parameters, jax.random.split(key, len(self.parameters))):
             jitter = jnp.exp(START_JITTER * jax.random.normal(k, (D,)))
-            if p.kind == "sd":
+            if init_values and p.name in init_values:
+                out[p.name] = jnp.asarray(init_values[p.name])
+            elif p.kind == "sd":
                 out[p.name] = (START_OBS_SD if p.component < 0 else START_SD) * jitter
             elif p.kind == "damping":
                 odds = START_DAMPING / (1 - START_DAMPING) * jitter
@@ -266,7 +276,7 @@ class StructuralModel:
     @property
     def dim(self) -> int:
         D = self.emission_dim
-        return sum(D * max(p.size, 1) for p in self.parameters)
+        return sum(D * max(p.size, 1) for p in self.free_parameters)
 
     def _unconstrain(self, p: Parameter, value):
         if p.kind == "sd":
@@ -298,25 +308,30 @@ class StructuralModel:
 
     def _split(self, position):
         D, out, i = self.emission_dim, {}, 0
-        for p in self.parameters:
+        for p in self.free_parameters:
             n = D * max(p.size, 1)
             out[p] = position[i:i + n].reshape((D, p.size) if p.size else (D,))
             i += n
         return out
 
     def to_position(self, params: dict) -> jax.Array:
-        return jnp.concatenate([jnp.ravel(self._unconstrain(p, params[p.name])) for p in self.parameters])
+        parts = [jnp.ravel(self._unconstrain(p, params[p.name])) for p in self.free_parameters]
+        return jnp.concatenate(parts) if parts else jnp.zeros((0,), params["obs_sd"].dtype)
 
     def to_params(self, position, anchor: Optional[dict] = None) -> dict:
-        return {p.name: self._constrain(p, unc) for p, unc in self._split(position).items()}
+        """Free variables from ``position``, frozen ones from ``anchor`` (a chain's initial params)."""
+        free = {p.name: self._constrain(p, unc) for p, unc in self._split(position).items()}
+        return {p.name: free[p.name] if p.name in free else jnp.asarray(anchor[p.name], position.dtype)
+                for p in self.parameters}
 
     def log_det_jacobian(self, position) -> jax.Array:
         return sum(self._log_det(p, unc) for p, unc in self._split(position).items())
 
     # --- densities ------------------------------------------------------------------------------
     def log_prior(self, params: dict) -> jax.Array:
+        """log p of the free variables (a frozen one is conditioned on: no term)."""
         total = 0.0
-        for p in self.parameters:
+        for p in self.free_parameters:
             x = params[p.name]
             if p.kind == "sd":
                 total = total + jnp.sum(_half_normal_logpdf(x, p.prior))
@@ -348,7 +363,7 @@ class StructuralModel:
         return self.log_prior(params) + self.log_likelihood(params, emissions, inputs)
 
     def logdensity(self, position, anchor, emissions, inputs=None) -> jax.Array:
-        return self.log_joint(self.to_params(position), emissions, inputs) + self.log_det_jacobian(position)
+        return self.log_joint(self.to_params(position, anchor), emissions, inputs) + self.log_det_jacobian(position)
 
     def logdensity_fn(self, anchor, emissions, inputs=None):
         return lambda position: self.logdensity(position, anchor, emissions, inputs)
