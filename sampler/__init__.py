@@ -18,8 +18,17 @@ functions below import JAX and the layers when called (``sampler status`` and ``
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Union
+
+# XLA logs a warning line ("Assume version compatibility") for every executable it loads from the
+# persistent compilation cache: noise in a notebook, and before a bad-input error that must be the
+# only line on stderr.  Level 2 keeps XLA's errors; imported libraries (and so the environments they
+# spawn) often set 1, hence raised rather than defaulted.  It works when sampler is imported before
+# jax (every CLI command; in a notebook, import sampler first).
+if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0", "1"):
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 __version__ = "0.1.0"
 __all__ = ["forecast", "forecast_frame", "kalman", "open_run", "run"]

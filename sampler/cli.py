@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -213,13 +212,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    # XLA logs a warning line ("Assume version compatibility") for every executable it loads from the
-    # persistent compilation cache, which would precede a bad-input error that must be the only line
-    # on stderr.  Level 2 keeps XLA's errors; imported libraries (and so the environments they spawn)
-    # often set 1, hence raised rather than defaulted.
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0", "1"):
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    args = parser().parse_args(argv)
+    args = parser().parse_args(argv)   # XLA's log level: set when ``sampler`` was imported
     try:
         return args.fn(args)
     except UserError as err:

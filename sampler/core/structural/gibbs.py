@@ -100,7 +100,7 @@ def _regression(key, model: StructuralModel, p: dict, z, y, u, observed, sds_nam
     regression = [c.variable("coefficients") for c in model.components if c.kind == "regression"]
     free = np.flatnonzero(np.concatenate([np.ones(M * S, bool), [n not in frozen for n in sds_names],
                                           np.full(U, not (regression and regression[0] in frozen))]))
-    known = jnp.concatenate([jnp.zeros(M * S, y.dtype), jnp.stack([p[n] for n in sds_names]).reshape(J),
+    known = jnp.concatenate([jnp.zeros(M * S, y.dtype), jnp.asarray([p[n] for n in sds_names], y.dtype).reshape(J),
                              model.regression_coefficients(p)]).at[free].set(0.0)
     r = p["obs_sd"] ** 2
     Xf = X[:, free]
@@ -146,19 +146,17 @@ def _restricted_regression(key, response, regressors, noise_sd, prior_mean, prio
 
 
 def _dynamics(key, model: StructuralModel, p: dict, x, new: dict):
-    """Step 4 for every damped trend and AR component, given the centred path x (M, T, S)."""
+    """Step 4 for every damped trend and AR component not frozen, given the centred path x (M, T, S)."""
     keys = jax.random.split(key, len(model.components))
     for c, offset, k in zip(model.components, model.offsets, keys):
-        if c.variable("damping" if c.kind == "damped_trend" else "coefficients") in model.frozen:
-            continue
-        if c.kind == "damped_trend":
+        if c.kind == "damped_trend" and c.variable("damping") not in model.frozen:
             name, s = c.variable("damping"), offset + 1
             mean, sd = c.prior("damping")
             phi = _restricted_regression(
                 k, x[:, 1:, s].reshape(-1), x[:, :-1, s].reshape(-1, 1), new[c.variable("slope_sd")],
                 mean, sd, lambda v: (v[0] > 0) & (v[0] < 1), p[name][None])
             new[name] = phi[0]
-        elif c.kind == "ar":
+        elif c.kind == "ar" and c.variable("coefficients") not in model.frozen:
             name = c.variable("coefficients")
             past = x[:, :-1, offset:offset + c.order].reshape(-1, c.order)
             new[name] = _restricted_regression(
