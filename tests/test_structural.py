@@ -164,17 +164,19 @@ def _assert_uniform(ranks, num_ranks, bins=5):
 
 
 def test_gibbs_with_frozen_variables_matches_quadrature():
-    """A local level + regression with obs_sd and the coefficient frozen: the one free variable,
-    level_sd, has a 1-d posterior; Gibbs (conditioning on the frozen values in every block) against
-    quadrature of prior x exact likelihood."""
+    """A local level + regression with obs_sd and the coefficient frozen, two sequences with gaps:
+    the one free variable, level_sd, has a 1-d posterior; Gibbs (conditioning on the frozen values in
+    every block) against quadrature of prior x exact likelihood."""
     from sampler.core.structural import gibbs
     comps = (Component.create("level"), Component.create("regression", input_dim=1))
     model = StructuralModel(comps, 1, 1, frozen=("obs_sd", "regression_coefficients"))
     rng = np.random.default_rng(5)
-    T, u = 80, rng.normal(size=(1, 80, 1))
-    y = np.cumsum(0.3 * rng.normal(size=T)) + 0.8 * u[0, :, 0] + 0.5 * rng.normal(size=T)
-    y[[10, 40]] = np.nan
-    y, u = jnp.asarray(y)[None, :, None], jnp.asarray(u)
+    M, T = 2, 50
+    u = rng.normal(size=(M, T, 1))
+    y = np.cumsum(0.3 * rng.normal(size=(M, T)), axis=1) + 0.8 * u[..., 0] + 0.5 * rng.normal(size=(M, T))
+    y[0, [10, 40]] = np.nan
+    y[1, :5] = np.nan
+    y, u = jnp.asarray(y)[..., None], jnp.asarray(u)
     fixed = {"obs_sd": jnp.array([0.5]), "regression_coefficients": jnp.array([[0.8]])}
 
     grid = np.linspace(1e-3, 1.5, 3000)

@@ -237,7 +237,8 @@ def _leaf_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[
 def _variable_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[dict, dict]:
     """A structural model's (init_values, true_values): variable -> (n, emission_dim[, size]) from
     ``model.init`` (a number, or one value per emission) and the file; every frozen variable needs
-    one, sds >= 0 (> 0 unless frozen: the sampler starts from log sd), dampings in (0, 1)."""
+    one; sds > 0 (a frozen component sd may be 0; obs_sd never: the innovation variance needs it),
+    dampings in (0, 1)."""
     D = model.emission_dim
     shapes = {name: (D,) + ((k,) if k else ()) for name, k in model.variable_sizes().items()}
     init_values, true_values = {}, {}
@@ -253,9 +254,9 @@ def _variable_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tu
         if name not in init_values:
             raise UserError(f"model.frozen: {name} needs a value: model.init.{name} or init_{name} in the data file")
     for name, value in init_values.items():
-        low_ok = value >= 0 if name in model.frozen else value > 0
-        if name.endswith("sd") and not (np.isfinite(value).all() and low_ok.all()):
-            raise UserError(f"model.init.{name}: a standard deviation must be {'>= 0' if name in model.frozen else '> 0'}")
+        zero_ok = name in model.frozen and name != "obs_sd"     # a frozen zero disturbance: a fixed pattern
+        if name.endswith("sd") and not (np.isfinite(value).all() and (value >= 0 if zero_ok else value > 0).all()):
+            raise UserError(f"model.init.{name}: a standard deviation must be {'>= 0' if zero_ok else '> 0'}")
         if name.endswith("_damping") and not ((value > 0) & (value < 1)).all():
             raise UserError(f"model.init.{name}: a damping must be in (0, 1)")
     return init_values, true_values
