@@ -65,8 +65,9 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
     blocks, steps, paused, done = [], [], 0.0, 0
     # without overlap: a block that reaches the target is not followed by one more, dispatched unused
     for b in runner.iter_blocks(ctx, inputs, chains, overlap=False):
-        R = np.asarray(b.draws.params.emissions.cov)[:n]                 # (B, block, D, D)
-        steps.append(np.asarray(b.draws.stats.n_steps)[:n])
+        draws = b.host_draws()
+        R = draws.params.emissions.cov[:n]                               # (B, block, D, D)
+        steps.append(draws.stats.n_steps[:n])
         done = b.start + R.shape[1]
         t_check = time.perf_counter()
         blocks.append(runner.to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))

@@ -51,10 +51,10 @@ def sweep_throughput(num_series: int = 64, T: int = 96, num_chains: int = 4, swe
         t0 = time.perf_counter()
         chains = jax.block_until_ready(engine.init_program(model, kernel, 20, num_chains)(keys, em, None, {}))
         program = engine.sample_program(model, kernel, sweeps)
-        jax.block_until_ready(program(keys, chains, em, None, np.int32(0)))
+        jax.block_until_ready(program(keys, chains, em, None, np.int32(0), np.int32(sweeps)))
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jax.block_until_ready(program(keys, chains, em, None, np.int32(sweeps)))
+        jax.block_until_ready(program(keys, chains, em, None, np.int32(sweeps), np.int32(sweeps)))
         wall = time.perf_counter() - t0
         rows.append({"model": name, "state_dim": model.component_state_dim, "series": num_series,
                      "chains": num_chains, "sweeps": sweeps, "compile_s": compile_s,
@@ -71,7 +71,7 @@ def monthly_panel(num_series: int = 1000, T: int = 96, num_chains: int = 4, burn
     chains = engine.init_program(model, kernel, burn_in, num_chains)(keys, em, None, {})
     program = engine.sample_program(model, kernel, block)
     for start in range(0, sweeps, block):
-        chains, draws = program(keys, chains, em, None, np.int32(start))
+        chains, draws = program(keys, chains, em, None, np.int32(start), np.int32(min(block, sweeps - start)))
         np.asarray(draws.lp)  # to the host, as a run would
     wall = time.perf_counter() - t0
     return {"series": num_series, "chains": num_chains, "burn_in": burn_in, "sweeps": sweeps, "wall_s": wall,

@@ -90,16 +90,22 @@ def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, keys, e
 
 
 def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
-                key, chains: Chains, emissions, inputs, start):
+                key, chains: Chains, emissions, inputs, start, count):
     target = kernels.Target(model, chains.anchor, emissions, inputs)
     draw_key = jax.random.fold_in(key, _DRAW)
 
-    def one_draw(state, i):
+    def advance(state, i):
         state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, target, chains.tuning,
                                    start + i)
         params = model.to_params(state.position, chains.anchor)
         lp = state.logdensity - model.log_det_jacobian(state.position)
         return state, Draws(params, lp, stats, chains.tuning.step_size)
+
+    def hold(state, i):  # past ``count``: the chain stays, the draw slot is zeros
+        return state, jax.tree.map(jnp.zeros_like, jax.eval_shape(advance, state, i)[1])
+
+    def one_draw(state, i):
+        return jax.lax.cond(i < count, advance, hold, state, i)
 
     state, draws = jax.lax.scan(one_draw, chains.state, jnp.arange(num_draws))
     return chains._replace(state=state), draws
@@ -141,12 +147,14 @@ def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, num_chai
 
 @lru_cache(maxsize=None)
 def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int):
-    """Compiled ``(keys, chains, emissions, inputs, start) -> (chains, draws)`` for one block.
+    """Compiled ``(keys, chains, emissions, inputs, start, count) -> (chains, draws)`` for a block of
+    ``count <= num_draws`` draws: one program serves every block, the shorter last one included
+    (its chains advance ``count`` draws; draw slots past ``count`` are zeros, for the caller to drop).
 
     ``draws`` leaves come out as (B, num_draws, ...).
     """
     one = partial(_sample_one, model, kernel, num_draws)
-    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None)), 4, 1)
+    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)), 4, 2)
 
 
 def pad_to_devices(tree, batch: int, group: int = 1):

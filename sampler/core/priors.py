@@ -6,13 +6,17 @@ leaks tracers between nested jit traces (NUTS inside ``while_loop`` hit it), and
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import multigammaln
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-_LOG_2PI = jnp.log(2.0 * jnp.pi)
+#: a Python float, not a jnp constant: made at import, which in the CLI precedes enabling float64, a
+#: jnp constant would stay float32 and shift every lp by ~1e-7 (CLI against in-process runs)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _logdet_chol(L):

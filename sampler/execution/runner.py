@@ -135,11 +135,16 @@ class ShardInputs(NamedTuple):
 
 
 class Block(NamedTuple):
-    """One block of draws of a shard: its first draw index, the draws (device arrays, leading axes
-    (B, k)) and the chains after it."""
+    """One block of draws of a shard: its first draw index, its number of draws, the draws (device
+    arrays, leading axes (B, block size): the slots past ``count`` are padding) and the chains after it."""
     start: int
+    count: int
     draws: engine.Draws
     chains: engine.Chains
+
+    def host_draws(self) -> engine.Draws:
+        """The block's ``count`` draws as numpy arrays (B, count, ...)."""
+        return jax.tree.map(lambda x: np.asarray(x)[:, :self.count], self.draws)
 
 
 def shard_inputs(ctx: RunContext, shard: Shard) -> ShardInputs:
@@ -188,14 +193,15 @@ def iter_blocks(ctx: RunContext, inputs: ShardInputs, chains: engine.Chains, sta
     while the caller writes; without, each block is yielded as soon as it is dispatched.
     """
     b, total = inputs.batch, ctx.cfg.sampler.num_draws
+    size = min(ctx.cfg.run.checkpoint_every, total)
+    program = engine.sample_program(ctx.model, ctx.kernel, size)   # one program, the last block's too
     pending, done = None, start
     while done < total:
-        k = min(ctx.cfg.run.checkpoint_every, total - done)
-        program = engine.sample_program(ctx.model, ctx.kernel, k)
-        chains, draws = program(inputs.keys, chains, b.emissions, b.inputs, np.int32(done))
+        k = min(size, total - done)
+        chains, draws = program(inputs.keys, chains, b.emissions, b.inputs, np.int32(done), np.int32(k))
         if pending is not None:
             yield pending
-        pending = Block(done, draws, chains)
+        pending = Block(done, k, draws, chains)
         if not overlap:
             yield pending
             pending = None
@@ -241,13 +247,11 @@ def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], 
         if on_draws and done:
             on_draws(done)
         for block in iter_blocks(ctx, inputs, chains, done):
-            draws = jax.tree.map(np.asarray, block.draws)
-            _write_draws(ctx, shard, block.start, draws)
-            k = draws.lp.shape[1]
-            ckpt.save(block.start + k, block.chains)
-            done = block.start + k
+            _write_draws(ctx, shard, block.start, block.host_draws())
+            ckpt.save(block.start + block.count, block.chains)
+            done = block.start + block.count
             if on_draws:
-                on_draws(k)
+                on_draws(block.count)
         return done
     finally:
         ckpt.close()
