@@ -41,8 +41,9 @@ checkpoint_every = 20
 
 
 def test_structural_run_summary_forecast_frame_end_to_end(tmp_path):
-    """A statsforecast-style ``unique_id, ds, y`` table in, posterior variables, components summing to
-    the smoothed mean, a decomposition plot, and a statsforecast-style frame out."""
+    """A statsforecast-style ``unique_id, ds, y`` table in, a frozen variable held at its value,
+    posterior variables, components summing to the smoothed mean, a decomposition plot, and a
+    statsforecast-style frame out."""
     import pandas as pd
     import xarray as xr
     import sampler
@@ -52,17 +53,19 @@ def test_structural_run_summary_forecast_frame_end_to_end(tmp_path):
     y = np.stack([np.cumsum(0.1 * rng.normal(size=48)) + 0.05 * t + np.tile([1, 0, -1, 0.5], 12) for _ in range(3)])
     pd.DataFrame([{"unique_id": f"s{i}", "ds": d.date().isoformat(), "y": y[i, k]}
                   for i in range(3) for k, d in enumerate(dates) if (i, k) != (1, 10)]).to_csv(tmp_path / "d.csv", index=False)
-    (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=""))
+    # the data's quarterly pattern is fixed: its sd frozen at 0 (model.frozen + model.init)
+    frozen = 'frozen = ["quarterly_sd"]\n[model.init]\nquarterly_sd = 0.0\nlevel_sd = 0.2\n'
+    (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=frozen))
     sampler.run(tmp_path / "c.toml")   # in-process: a CLI call would import JAX again
     summary = diagnostics.summarize(tmp_path / "run")
-    assert summary["quantities"] == ["level_sd", "obs_sd", "quarterly_sd", "slope_sd"]
+    assert summary["quantities"] == ["level_sd", "obs_sd", "slope_sd"]   # not the frozen one
     result = sampler.forecast(tmp_path / "run", horizon=8, plot=[1])
     assert str(tmp_path / "run" / "plots" / "decomposition_1_e0.png") in result["plots"]
     tree = xr.open_datatree(tmp_path / "run" / "samples.zarr", engine="zarr")
     post = tree["posterior"]
     assert set(post.data_vars) == {"level_sd", "slope_sd", "quarterly_sd", "obs_sd"}
     assert post["slope_sd"].dims == ("chain", "draw", "dataset", "emission")
-    assert (post["obs_sd"] > 0).all()
+    assert (post["obs_sd"] > 0).all() and (post["quarterly_sd"].values == 0.0).all()
     # the table's dataset names are the store's dataset coordinate, in every group
     assert list(post["obs_sd"]["dataset"].values) == ["s0", "s1", "s2"]
     np.testing.assert_array_equal(post["obs_sd"].sel(dataset="s1"), post["obs_sd"].isel(dataset=1))
@@ -88,6 +91,7 @@ def test_structural_run_summary_forecast_frame_end_to_end(tmp_path):
     again = config_mod.load(tmp_path / "run" / "config.toml")
     assert [c.kind for c in again.model.components] == ["local_linear_trend", "seasonal"]
     assert again.model.components[0].priors == {"slope_sd": 0.05} and again.model.state_dim == 5
+    assert again.model.frozen == ["quarterly_sd"] and again.model.init == {"quarterly_sd": 0.0, "level_sd": 0.2}
 
 
 def _quarterly_table(path, n=2, T=40, seed=1):
@@ -97,52 +101,6 @@ def _quarterly_table(path, n=2, T=40, seed=1):
     rows = [{"unique_id": f"s{i}", "ds": d.date().isoformat(),
              "y": 0.1 * k + [1, 0, -1, 0.5][k % 4] + 0.3 * rng.normal()} for i in range(n) for k, d in enumerate(dates)]
     pd.DataFrame(rows).to_csv(path, index=False)
-
-
-FROZEN_CONFIG = """
-[model]
-emission_dim = 1
-frozen = ["obs_sd", "seasonal_sd"]
-[model.init]
-obs_sd = 0.3
-seasonal_sd = 0.0
-level_sd = 0.2
-
-[[model.components]]
-kind = "level"
-
-[[model.components]]
-kind = "seasonal"
-period = 2
-
-[data]
-path = "d.csv"
-dataset = "unique_id"
-time = "ds"
-emissions = ["y"]
-
-[sampler]
-num_chains = 2
-num_warmup = 20
-num_draws = 20
-
-[run]
-dir = "run"
-workers = 0
-"""
-
-
-def test_frozen_structural_variables_stay_at_their_values(tmp_path):
-    """model.frozen with model.init: the frozen variables are stored at their values in every draw
-    and left out of the summary; a frozen seasonal sd of 0 is a fixed seasonal pattern."""
-    import sampler
-    _quarterly_table(tmp_path / "d.csv")
-    (tmp_path / "c.toml").write_text(FROZEN_CONFIG)
-    sampler.run(tmp_path / "c.toml", progress=False)
-    post = sampler.open_run(tmp_path / "run")["posterior"]
-    assert (post["obs_sd"].values == 0.3).all() and (post["seasonal_sd"].values == 0.0).all()
-    assert float(post["level_sd"].std()) > 0
-    assert diagnostics.summarize(tmp_path / "run")["quantities"] == ["level_sd"]
 
 
 @pytest.mark.parametrize("extra, message", [
