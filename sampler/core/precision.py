@@ -1,6 +1,7 @@
 """The run's floating-point precision and JAX's process-wide settings: one place for both."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -18,6 +19,7 @@ def numpy_dtype(name: str) -> type:
     return DTYPES[name]
 
 
+@functools.cache
 def host_fingerprint(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """12 hex digits naming this host's CPU for the compilation cache: its model name and instruction
     set flags (``/proc/cpuinfo``; the machine and processor names where that is unreadable).

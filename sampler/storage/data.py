@@ -194,20 +194,21 @@ def _inputs(arrays: dict, path: Path, cfg: Config, emissions: np.ndarray, has_se
 
 
 def _file_values(arrays: dict, path: Path, shapes: dict, n: int, init_values: dict, true_values: dict) -> None:
-    """``init_<name>`` / ``true_<name>`` arrays of the file (name -> shape per dataset) into the dicts."""
+    """The file's ``init_<name>`` / ``true_<name>`` arrays into the dicts; ``shapes``: name in the file
+    -> (key in the dicts, shape per dataset)."""
     known = {"emissions", "inputs"} | {f"{p}_{name}" for name in shapes for p in ("init", "true")}
     for name in arrays:
         if name not in known and not name.startswith("future_"):
             raise UserError(f"{path}: unknown array {name!r} (expected emissions, inputs, "
                             f"init_<name>, true_<name> for: {', '.join(shapes)})")
-    for name, shape in shapes.items():
+    for name, (key_in_dicts, shape) in shapes.items():
         for prefix, target in (("init", init_values), ("true", true_values)):
             key = f"{prefix}_{name}"
             if key in arrays:
                 arr = np.asarray(arrays[key], dtype=np.float64)
                 if not np.isfinite(arr).all():
                     raise UserError(f"{path}: {key} must be finite")
-                target[name] = _per_dataset(arr, shape, n, f"{path}: {key}")
+                target[key_in_dicts] = _per_dataset(arr, shape, n, f"{path}: {key}")
 
 
 def _leaf_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[dict, dict]:
@@ -220,13 +221,9 @@ def _leaf_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tuple[
             shape = leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim)
             where = f"model.init.{leaf}"
             init_values[leaf] = _per_dataset(leaf_value(model.init[leaf], shape, where), shape, n, where)
-    shapes = {store_name(leaf): leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim)
+    shapes = {store_name(leaf): (leaf, leaf_shape(leaf, model.state_dim, model.emission_dim, model.input_dim))
               for leaf in LEAVES}
-    from_file_init, from_file_true = {}, {}
-    _file_values(arrays, path, shapes, n, from_file_init, from_file_true)
-    by_store = {store_name(leaf): leaf for leaf in LEAVES}
-    init_values.update({by_store[k]: v for k, v in from_file_init.items()})
-    true_values.update({by_store[k]: v for k, v in from_file_true.items()})
+    _file_values(arrays, path, shapes, n, init_values, true_values)
     for leaf in model.frozen:
         if leaf in RANDOM_DEFAULT and leaf not in init_values:
             raise UserError(f"model.frozen: {leaf} has a random default; give its value as "
@@ -249,7 +246,7 @@ def _variable_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tu
         except (ValueError, TypeError):
             raise UserError(f"{where}: {value!r} does not fit shape {shapes[name]} (a number, or one per emission)") from None
         init_values[name] = _per_dataset(given, shapes[name], n, where)
-    _file_values(arrays, path, shapes, n, init_values, true_values)
+    _file_values(arrays, path, {name: (name, shape) for name, shape in shapes.items()}, n, init_values, true_values)
     for name in model.frozen:
         if name not in init_values:
             raise UserError(f"model.frozen: {name} needs a value: model.init.{name} or init_{name} in the data file")

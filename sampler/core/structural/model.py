@@ -315,8 +315,7 @@ class StructuralModel:
         return out
 
     def to_position(self, params: dict) -> jax.Array:
-        parts = [jnp.ravel(self._unconstrain(p, params[p.name])) for p in self.free_parameters]
-        return jnp.concatenate(parts) if parts else jnp.zeros((0,), params["obs_sd"].dtype)
+        return jnp.concatenate([jnp.ravel(self._unconstrain(p, params[p.name])) for p in self.free_parameters])
 
     def to_params(self, position, anchor: Optional[dict] = None) -> dict:
         """Free variables from ``position``, frozen ones from ``anchor`` (a chain's initial params)."""

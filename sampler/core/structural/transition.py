@@ -7,7 +7,8 @@ harmonic, an AR(p) block a companion (coefficients, then shift).  That is O(nnz(
 where a dense product is O(S): for a trend + period-12 seasonal (S = 13, 24 non-zeros) the
 covariance step F P F' of the filter drops from 2 S^3 = 4,394 multiply-adds to about 600, and no
 batched small matrix product (slow on CPU under vmap) remains.  ``dense`` forms F for the compiled
-LG-SSM; the tests check ``apply`` against it.
+LG-SSM; tests/test_structural.py checks ``apply``, ``apply_transposed`` and ``dense`` against
+statsmodels' transition matrix.
 """
 from __future__ import annotations
 
