@@ -51,7 +51,7 @@ def test_latent_space_moves_leave_the_likelihood_unchanged():
     u = jax.random.normal(jax.random.PRNGKey(1), (30, 1))
     _, y = model.ssm.sample(params, jax.random.PRNGKey(2), 30, inputs=u)
     A = jax.scipy.linalg.expm(0.3 * jax.random.normal(jax.random.PRNGKey(3), (2, 2)))
-    moved = gibbs._transform(params, A, jnp.array([0.5, -1.0]))
+    moved = gibbs._transform(params, A, jnp.linalg.inv(A), jnp.array([0.5, -1.0]))
     assert float(kalman.marginal_log_prob(moved, y, u)) == pytest.approx(
         float(kalman.marginal_log_prob(params, y, u)), rel=1e-10)
     assert not np.allclose(moved.emissions.weights, params.emissions.weights)

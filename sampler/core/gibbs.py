@@ -1,11 +1,12 @@
 """Blocked Gibbs sampler for the conjugate LG-SSM (one chain; the engine vmaps it).
 
-One sweep: (1) draw the latent states of every sequence by forward filtering, backward sampling
-(FFBS through ``sampler.core.kalman``); (2) draw missing emission entries from their conditional given the
-states (data augmentation, so the emission block stays conjugate); (3) draw each parameter block from
-its conjugate conditional: (m0, S0) ~ NIW, ([F, B, b], Q) ~ MNIW, ([H, D, d], R) ~ MNIW, with dynamax's
-priors; (4) Metropolis moves along the directions the likelihood cannot see (a change of latent
-coordinates, ``latent_space_moves``), which the Gibbs blocks alone explore by a slow random walk.
+The chain is (params, states).  One sweep: (1) draw missing emission entries from their conditional
+given the states (data augmentation, so the emission block stays conjugate); (2) draw each parameter
+block from its conjugate conditional: (m0, S0) ~ NIW, ([F, B, b], Q) ~ MNIW, ([H, D, d], R) ~ MNIW,
+with dynamax's priors; (3) Metropolis moves along the directions the likelihood cannot see (a change
+of latent coordinates, ``latent_space_moves``), which the Gibbs blocks alone explore by a slow random
+walk; (4) draw the latent states of every sequence by forward filtering, backward sampling (FFBS
+through ``sampler.core.kalman``), whose forward filter also gives the new parameters' likelihood.
 Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
 them (see ``regression_block``): this is exact for any frozen subset, which dynamax's
 ``fit_blocked_gibbs`` does not support.
@@ -20,22 +21,23 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import priors
 from sampler.core.kalman import kalman_filter, observed_noise, small_cholesky, small_matmul, small_solve_lower
+from sampler.core.kalman.linalg import UNROLL_MAX_DIM
 from sampler.core.model import Model
-from sampler.core.priors import sample_inverse_wishart
+from sampler.core.priors import sample_inverse_wishart, sample_inverse_wishart_factor
 
 
 def _sym(A):
     return 0.5 * (A + jnp.swapaxes(A, -1, -2))
 
 
-def _mvn(key, mean, cov):
+def _mvn(eps, mean, cov):
+    """mean + chol(cov) eps: a draw of N(mean, cov) from standard normals ``eps``."""
     L = small_cholesky(_sym(cov) + 1e-12 * jnp.eye(cov.shape[-1], dtype=cov.dtype))
-    return mean + small_matmul(L, jax.random.normal(key, mean.shape, mean.dtype))
+    return mean + small_matmul(L, eps)
 
 
 def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
@@ -44,31 +46,43 @@ def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
 
 
 def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
-    """One draw of x_{1:T} ~ p(x | y, params) for one sequence.  emissions (T, D) -> states (T, S)."""
+    """One draw of x_{1:T} ~ p(x | y, params) for one sequence, and log p(y | params) (the forward
+    filter's, so that a sweep's recorded lp costs no filter pass of its own).
+
+    emissions (T, D) -> (states (T, S), log-likelihood ()).  The T x S standard normals come from one
+    draw: a key split and a small draw per time step cost more than the backward pass's arithmetic
+    at these sizes (docs/performance.md)."""
     T = emissions.shape[0]
-    _, means, covs = kalman_filter(params, emissions, inputs, form=model.moments_form,
+    log_likelihood, means, covs = kalman_filter(params, emissions, inputs, form=model.moments_form,
                                    partial_missing=model.partial_missing)
     u = _inputs_or_zeros(params, T, inputs)
     F, Q = params.dynamics.weights, params.dynamics.cov
     B, b = params.dynamics.input_weights, params.dynamics.bias
-    keys = jax.random.split(key, T)
-    x_last = _mvn(keys[-1], means[-1], covs[-1])
-
+    noise = jax.random.normal(key, means.shape, means.dtype)
+    x_last = _mvn(noise[-1], means[-1], covs[-1])
     mm = small_matmul
 
-    def back(x_next, xs):
+    def backward_terms(m, P, u_next, eps):
         # x_t | x_{t+1} ~ N(m + G r, P - G P_pred G^T), G = P F^T P_pred^-1, r = x_{t+1} - F m - B u - b;
-        # with P_pred = Lp Lp^T and W = Lp^-1 F P: G r = W^T Lp^-1 r and G P_pred G^T = W^T W.
-        m, P, u_next, k = xs
+        # with P_pred = Lp Lp^T and W = Lp^-1 F P: G = W^T Lp^-1 and G P_pred G^T = W^T W.  None of it
+        # depends on x_{t+1}, so it is computed for every t at once, outside the sequential scan:
+        # x_t = offset_t + G_t x_{t+1}.
+        eye = jnp.eye(m.shape[-1], dtype=m.dtype)
         FP = mm(F, P)
         Lp = small_cholesky(_sym(mm(FP, F.T) + Q))
         W = small_solve_lower(Lp, FP)
-        z = small_solve_lower(Lp, x_next - mm(F, m) - B @ u_next - b)
-        x = _mvn(k, m + mm(W.T, z), P - mm(W.T, W))
+        G = mm(W.T, small_solve_lower(Lp, eye))
+        return _mvn(eps, m - mm(G, mm(F, m) + B @ u_next + b), P - mm(W.T, W)), G
+
+    offsets, gains = jax.vmap(backward_terms)(means[:-1], covs[:-1], u[1:], noise[:-1])
+
+    def back(x_next, xs):
+        offset, G = xs
+        x = offset + mm(G, x_next)
         return x, x
 
-    _, xs = jax.lax.scan(back, x_last, (means[:-1], covs[:-1], u[1:], keys[:-1]), reverse=True)
-    return jnp.concatenate([xs, x_last[None]], axis=0)
+    _, xs = jax.lax.scan(back, x_last, (offsets, gains), reverse=True)
+    return jnp.concatenate([xs, x_last[None]], axis=0), log_likelihood
 
 
 def impute_missing(key, params: ParamsLGSSM, emissions, states, inputs=None):
@@ -128,24 +142,57 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     Sxx = _sym(Lam_aa + Za.T @ Za)
     Sxy = Za.T @ Y + Lam_aa @ M0a.T
     Syy = Y.T @ Y + M0a @ Lam_aa @ M0a.T
-    L = jnp.linalg.cholesky(Sxx)
-    Mn = jax.scipy.linalg.cho_solve((L, True), Sxy).T  # (k, |a|)
+    L_inv = small_solve_lower(small_cholesky(Sxx), jnp.eye(len(a), dtype=Sxx.dtype))  # Sxx^-1 = L_inv^T L_inv
+    Mn = (L_inv.T @ (L_inv @ Sxy)).T  # (k, |a|)
     if sigma_free:
-        Sigma = sample_inverse_wishart(k_sigma, nu + Y.shape[0], _sym(Psi + Syy - Mn @ Sxy))
-    G = jax.random.normal(k_w, Mn.shape, Mn.dtype)
-    # W_a = Mn + chol(Sigma) G L^-1, so that rows have covariance Sxx^-1
-    Wa = Mn + jnp.linalg.cholesky(Sigma) @ solve_triangular(L, G.T, lower=True, trans="T").T
+        G = sample_inverse_wishart_factor(k_sigma, nu + Y.shape[0], _sym(Psi + Syy - Mn @ Sxy))
+        Sigma = G @ G.T
+    else:
+        G = small_cholesky(Sigma)
+    # W_a = Mn + G N L_inv with G G^T = Sigma, so that rows have covariance L_inv^T L_inv = Sxx^-1
+    Wa = Mn + G @ jax.random.normal(k_w, Mn.shape, Mn.dtype) @ L_inv
     return W.at[:, a].set(Wa), Sigma
 
 
-def gibbs_sweep(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
-    """One blocked-Gibbs sweep.  emissions (M, T, D); inputs (M, T, U) or None.  Returns new params."""
+def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
+    """x ~ p(x | y, params) for every sequence and log p(y | params).  emissions (M, T, D); inputs
+    (M, T, U) or None.  Returns (states (M, T, S), log-likelihood ())."""
+    M = emissions.shape[0]
+    keys = jax.random.split(key, M)
+    if model.input_dim:
+        x, ll = jax.vmap(lambda k, y, u: sample_states(k, model, params, y, u))(keys, emissions, inputs)
+    else:
+        x, ll = jax.vmap(lambda k, y: sample_states(k, model, params, y))(keys, emissions)
+    return x, jnp.sum(ll)
+
+
+def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, inputs=None):
+    """One blocked-Gibbs sweep of the chain (params, states), in the order parameters | states, the
+    latent-coordinate moves, then states | parameters (FFBS).
+
+    Args:
+        params: the chain's parameters.  states: (M, T, S) latent states drawn given them.
+        emissions: (M, T, D); inputs: (M, T, U) or None.
+
+    Returns:
+        (params, states, log p(y | params)) after the sweep: the log-likelihood of the new params
+        comes from the FFBS's forward filter.  Ordering the sweep this way (the states carried in
+        the chain's state instead of drawn first) is what saves the recorded lp its own filter pass;
+        the moves act on the parameters' marginal (they leave the likelihood unchanged) and are
+        followed by a fresh draw of the states, so the chain keeps p(params, states | y) invariant.
+    """
+    k_params, k_states = jax.random.split(key)
+    params = draw_parameters(k_params, model, params, states, emissions, inputs)
+    return (params,) + draw_states(k_states, model, params, emissions, inputs)
+
+
+def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs=None):
+    """params ~ p(params | x, y) block by block (conjugate), then the latent-coordinate moves.
+    x: (M, T, S) states; emissions (M, T, D) with NaN entries imputed here given x."""
     M, T, _ = emissions.shape
     S, U = model.state_dim, model.input_dim
-    k_x, k_y, k_init, k_dyn, k_em, k_move = jax.random.split(key, 6)
+    k_y, k_init, k_dyn, k_em, k_move = jax.random.split(key, 5)
     u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
-    x = jax.vmap(lambda k, y, uu: sample_states(k, model, params, y, uu if U else None))(
-        jax.random.split(k_x, M), emissions, u)
     y = emissions
     if model.has_missing:
         y = jax.vmap(lambda k, yy, xx, uu: impute_missing(k, params, yy, xx, uu if U else None))(
@@ -193,18 +240,55 @@ LATENT_LEAVES = frozenset({"initial.mean", "initial.cov", "dynamics.weights", "d
 MOVE_ROUNDS, LINEAR_SCALE, SHIFT_SCALE = 4, 0.15, 0.3
 
 
-def _transform(params: ParamsLGSSM, A, c) -> ParamsLGSSM:
+def _transform(params: ParamsLGSSM, A, A_inv, c) -> ParamsLGSSM:
     """Parameters of the same observation model in latent coordinates x' = A x + c."""
-    A_inv = jnp.linalg.inv(A)
-    F = A @ params.dynamics.weights @ A_inv
+    mm = small_matmul
+    F = mm(mm(A, params.dynamics.weights), A_inv)
     H = params.emissions.weights @ A_inv
     return ParamsLGSSM(
-        initial=params.initial._replace(mean=A @ params.initial.mean + c,
-                                        cov=_sym(A @ params.initial.cov @ A.T)),
+        initial=params.initial._replace(mean=mm(A, params.initial.mean) + c,
+                                        cov=_sym(mm(mm(A, params.initial.cov), A.T))),
         dynamics=params.dynamics._replace(weights=F, input_weights=A @ params.dynamics.input_weights,
-                                          bias=A @ params.dynamics.bias + c - F @ c,
-                                          cov=_sym(A @ params.dynamics.cov @ A.T)),
+                                          bias=mm(A, params.dynamics.bias) + c - mm(F, c),
+                                          cov=_sym(mm(mm(A, params.dynamics.cov), A.T))),
         emissions=params.emissions._replace(weights=H, bias=params.emissions.bias - H @ c))
+
+
+def cayley(Z):
+    """(A, A^-1, log|det A|) of the Cayley map A = (I - Z/2)^-1 (I + Z/2) of Z (S, S).
+
+    A(-Z) = A(Z)^-1 exactly (the factors commute), so Z ~ N(0, s^2) gives a reversible proposal; the
+    move's Jacobian uses log|det A| itself.  (Cheaper than ``expm``, whose Pade degree and squaring
+    count are data-dependent branches that a vmapped batch evaluates all of.)"""
+    eye = jnp.eye(Z.shape[-1], dtype=Z.dtype)
+    plus, minus = eye + 0.5 * Z, eye - 0.5 * Z
+    (A, logdet_minus), (A_inv, logdet_plus) = small_lu_solve(minus, plus), small_lu_solve(plus, minus)
+    return A, A_inv, logdet_plus - logdet_minus
+
+
+def small_lu_solve(M, rhs):
+    """(M^-1 rhs, log|det M|) for a small square M by Gaussian elimination without pivoting, unrolled
+    (for I +- Z/2 with small Z the pivots stay near 1; a zero pivot gives a non-finite result, which
+    the Metropolis step rejects); LAPACK above ``UNROLL_MAX_DIM``."""
+    n = M.shape[-1]
+    if n > UNROLL_MAX_DIM:
+        sign, logdet = jnp.linalg.slogdet(M)
+        return jnp.linalg.solve(M, rhs), logdet
+    rows = [M[i] for i in range(n)]
+    out = [rhs[i] for i in range(n)]
+    logdet = jnp.zeros((), M.dtype)
+    for k in range(n):
+        pivot = rows[k][k]
+        logdet = logdet + jnp.log(jnp.abs(pivot))
+        for i in range(k + 1, n):
+            factor = rows[i][k] / pivot
+            rows[i] = rows[i] - factor * rows[k]
+            out[i] = out[i] - factor * out[k]
+    x = [None] * n
+    for i in reversed(range(n)):
+        acc = out[i] - sum((rows[i][j] * x[j] for j in range(i + 1, n)), start=jnp.zeros_like(out[i]))
+        x[i] = acc / rows[i][i]
+    return jnp.stack(x, axis=0), logdet
 
 
 def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
@@ -213,32 +297,40 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
     The likelihood is unchanged by a change of latent coordinates x -> A x + c, so the posterior along
     those directions is the prior times a Jacobian, and states sampled by FFBS then move with them only
     slowly: the Gibbs chain random-walks along the ridge.  Each round proposes a linear map
-    A = expm(Z), Z ~ N(0, LINEAR_SCALE^2) (an involution with Z -> -Z) and then a shift
+    A = cayley(Z), Z ~ N(0, LINEAR_SCALE^2) (an involution with Z -> -Z) and then a shift
     c ~ N(0, SHIFT_SCALE^2), accepted with the prior ratio times the map's Jacobian
     |A|^(2S + 4 + U - D) (m0, S0, B, b, Q, H transform; F by similarity).  Only the rotation- and
-    shift-dependent leaves change; R, D and the likelihood do not.  Used when none of them is frozen.
+    shift-dependent leaves change; R, D and the likelihood do not, so the prior's R-only terms and
+    R's factor are computed once (``priors.latent_log_prior``) and the current value is carried.
+    Used when none of them is frozen.
     """
     S, D, U = model.state_dim, model.emission_dim, model.input_dim
     ssm = model.ssm
     logdet_power = 2 * S + 4 + U - D
     dtype = params.emissions.cov.dtype
+    R_chol_inv = small_solve_lower(small_cholesky(params.emissions.cov), jnp.eye(D, dtype=dtype))
+    log_target = lambda p: priors.latent_log_prior(ssm, p, R_chol_inv)
 
-    def accept(key, current, proposal, log_jac):
-        log_ratio = priors.log_prior(ssm, proposal) - priors.log_prior(ssm, current) + log_jac
-        ok = jnp.log(jax.random.uniform(key, (), dtype)) < log_ratio
-        ok = ok & jnp.isfinite(log_ratio)
-        return jax.tree.map(lambda new, old: jnp.where(ok, new, old), proposal, current)
+    def accept(log_u, current, proposal, log_jac):
+        (params, lp), (new, new_lp) = current, (proposal, log_target(proposal))
+        log_ratio = new_lp - lp + log_jac
+        ok = (log_u < log_ratio) & jnp.isfinite(log_ratio)
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), (new, new_lp), (params, lp))
 
-    def one_round(current, key):
-        kz, ka, kc, kb = jax.random.split(key, 4)
-        Z = LINEAR_SCALE * jax.random.normal(kz, (S, S), dtype)
-        A = jax.scipy.linalg.expm(Z)
-        current = accept(ka, current, _transform(current, A, jnp.zeros(S, dtype)), logdet_power * jnp.trace(Z))
-        c = SHIFT_SCALE * jax.random.normal(kc, (S,), dtype)
-        current = accept(kb, current, _transform(current, jnp.eye(S, dtype=dtype), c), 0.0)
-        return current, None
+    def one_round(current, noise):
+        z, c, log_u = noise
+        A, A_inv, logdet = cayley(LINEAR_SCALE * z)
+        current = accept(log_u[0], current, _transform(current[0], A, A_inv, jnp.zeros(S, dtype)),
+                         logdet_power * logdet)
+        eye = jnp.eye(S, dtype=dtype)
+        return accept(log_u[1], current, _transform(current[0], eye, eye, SHIFT_SCALE * c), 0.0), None
 
-    params, _ = jax.lax.scan(one_round, params, jax.random.split(key, MOVE_ROUNDS))
+    # every round's randomness in two draws (per-call RNG cost adds up over 4 rounds x 1,000s of chains)
+    k_normal, k_uniform = jax.random.split(key)
+    normals = jax.random.normal(k_normal, (MOVE_ROUNDS, S * S + S), dtype)
+    noise = (normals[:, :S * S].reshape(MOVE_ROUNDS, S, S), normals[:, S * S:],
+             jnp.log(jax.random.uniform(k_uniform, (MOVE_ROUNDS, 2), dtype)))
+    (params, _), _ = jax.lax.scan(one_round, (params, log_target(params)), noise)
     return params
 
 

@@ -4,7 +4,8 @@ A ``Kernel`` is built once from its build-time settings (``build_<algorithm>(set
 in ``BUILDERS``) and exposes pure functions the engine vmaps over datasets x chains without knowing
 which algorithm runs:
 
-* ``init(position, target) -> ChainState``: the state at a position, no adaptation;
+* ``init(position, target) -> ChainState``: the state at a position, no adaptation (Gibbs:
+  ``init(key, position, target)``, which also draws the latent states);
 * ``warmup(key, position, target, num_steps) -> (ChainState, Tuning)``: adaptation or burn-in of
   ``num_steps >= 0`` steps (0: ``init`` and the untuned settings).  For a cross-chain kernel
   (``Kernel.cross_chain``) ``position`` holds all C chains of one dataset, (C, dim), and the states
@@ -13,7 +14,8 @@ which algorithm runs:
   post-warmup draw index.
 
 ``target`` is one dataset's posterior (``Target``).  The chain state is blackjax's ``HMCState``
-(position, logdensity, logdensity_grad) for every kernel, so checkpoints have one layout.
+(position, logdensity, logdensity_grad) for the gradient-based kernels and a ``GibbsState``
+(position, logdensity, latent states) for Gibbs; the engine reads ``position`` and ``logdensity``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.mcmc.hmc import HMCState as ChainState
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler.core import gibbs
+from sampler.core import gibbs, priors
 from sampler.core.model import Model
 from sampler.core.structural import gibbs as structural_gibbs
 from sampler.core.structural.model import StructuralModel
@@ -194,43 +196,67 @@ def _warmup_variance(path, position):
     return jnp.maximum(jnp.var(path[path.shape[0] // 2:], axis=0), 1e-4)
 
 
+class GibbsState(NamedTuple):
+    """A Gibbs chain: its position, the log density there, and the latent states drawn given it
+    ((M, T, S) for the general LG-SSM, whose sweep draws the parameters given them; empty for a
+    structural model, whose sweep draws its own)."""
+    position: jax.Array
+    logdensity: jax.Array
+    latent: jax.Array
+
+
 def build_gibbs(settings: KernelSettings) -> Kernel:
     """Blocked Gibbs: ``sampler.core.gibbs`` for the general LG-SSM, ``sampler.core.structural.gibbs``
     for a structural model; no step size or gradients; warmup is burn-in.
 
     Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
     Its tuning's ``inverse_mass_matrix`` is the warmup's variance of each coordinate (the posterior
-    variance, as HMC's), which scales a structural sweep's marginal moves.
+    variance, as HMC's), which scales a structural sweep's marginal moves.  Its state is a
+    ``GibbsState`` (``init`` draws the latent states, hence its key).
     """
-    def sweep(key, position, target: Target, tuning: Optional[Tuning]):
+    def init(key, position, target: Target) -> GibbsState:
         model = target.model
+        if isinstance(model, StructuralModel):
+            return GibbsState(position, target.logdensity_fn()(position), jnp.zeros((0,), position.dtype))
         params = model.to_params(position, target.anchor)
+        latent, log_likelihood = gibbs.draw_states(key, model, params, target.emissions, target.inputs)
+        return GibbsState(position, _log_density(model, position, params, log_likelihood), latent)
+
+    def sweep(key, state: GibbsState, target: Target, tuning: Optional[Tuning]) -> GibbsState:
+        model = target.model
+        params = model.to_params(state.position, target.anchor)
         if isinstance(model, StructuralModel):
             step_sd = None if tuning is None else structural_gibbs.proposal_sd(jnp.sqrt(tuning.inverse_mass_matrix))
             params = structural_gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs, step_sd)
-        else:
-            params = gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs)
-        return model.to_position(params)
-
-    def init(position, target: Target) -> ChainState:
-        # the log density is only needed for recorded draws (lp), not for the sweep itself
-        return ChainState(position, target.logdensity_fn()(position), jnp.zeros_like(position))
+            position = model.to_position(params)
+            return GibbsState(position, target.logdensity_fn()(position), state.latent)
+        params, latent, log_likelihood = gibbs.gibbs_sweep(key, model, params, state.latent, target.emissions,
+                                                           target.inputs)
+        position = model.to_position(params)
+        return GibbsState(position, _log_density(model, position, params, log_likelihood), latent)
 
     def step(key, state, target: Target, tuning: Tuning, draw):
-        position = sweep(key, state.position, target, tuning)
-        nan = jnp.full((), jnp.nan, position.dtype)
-        stats = StepStats(jnp.ones((), position.dtype), jnp.zeros((), bool), jnp.ones((), jnp.int32), nan)
-        return init(position, target), stats
+        state = sweep(key, state, target, tuning)
+        nan = jnp.full((), jnp.nan, state.position.dtype)
+        stats = StepStats(jnp.ones((), nan.dtype), jnp.zeros((), bool), jnp.ones((), jnp.int32), nan)
+        return state, stats
 
     def warmup(key, position, target: Target, num_steps: int):
-        def one(x, k):
-            x = sweep(k, x, target, None)
-            return x, x
-        position, path = jax.lax.scan(one, position, jax.random.split(key, num_steps))
+        def one(state, k):
+            state = sweep(k, state, target, None)
+            return state, state.position
+        k_init, k_sweeps = jax.random.split(key)
+        state, path = jax.lax.scan(one, init(k_init, position, target), jax.random.split(k_sweeps, num_steps))
         nan = jnp.full((), jnp.nan, position.dtype)
-        return init(position, target), Tuning(nan, _warmup_variance(path, position), nan)
+        return state, Tuning(nan, _warmup_variance(path, state.position), nan)
 
     return Kernel("gibbs", init, warmup, step)
+
+
+def _log_density(model: Model, position, params, log_likelihood):
+    """The log density of ``position`` given its parameters' log-likelihood (``Model.logdensity``
+    without the filter pass)."""
+    return priors.log_prior(model.ssm, params) + log_likelihood + model.log_det_jacobian(position)
 
 
 BUILDERS: dict[str, Callable[[KernelSettings], Kernel]] = {

@@ -3,6 +3,8 @@
 Same densities and hyperparameters as ``LinearGaussianConjugateSSM.log_prior`` (tested equal), but
 without tensorflow-probability objects in the traced code: tfp bijectors memoise their inputs, which
 leaks tracers between nested jit traces (NUTS inside ``while_loop`` hit it), and they compile slowly.
+State-sized factorisations go through ``small_cholesky`` / ``small_solve_lower`` (unrolled for small
+S, so a vmapped batch does not pay a LAPACK call per chain).
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import multigammaln
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
+
+from sampler.core.kalman.linalg import small_cholesky, small_solve_lower
 
 #: a Python float, not a jnp constant: made at import, which in the CLI precedes enabling float64, a
 #: jnp constant would stay float32 and shift every lp by ~1e-7 (CLI against in-process runs)
@@ -26,21 +29,27 @@ def _logdet_chol(L):
 def inverse_wishart_log_prob(Sigma, df, scale):
     """log IW(Sigma | df, scale) = log |scale|^{df/2} |Sigma|^{-(df+k+1)/2} exp(-tr(scale Sigma^-1)/2) / Z."""
     k = Sigma.shape[-1]
-    L = jnp.linalg.cholesky(Sigma)
-    Ls = jnp.linalg.cholesky(scale)
-    A = solve_triangular(L, Ls, lower=True)  # tr(scale Sigma^-1) = ||L^-1 Ls||_F^2
+    L = small_cholesky(Sigma)
+    Ls = small_cholesky(scale)
+    A = small_solve_lower(L, Ls)  # tr(scale Sigma^-1) = ||L^-1 Ls||_F^2
     return (0.5 * df * _logdet_chol(Ls) - 0.5 * df * k * jnp.log(2.0) - multigammaln(0.5 * df, k)
             - 0.5 * (df + k + 1) * _logdet_chol(L) - 0.5 * jnp.sum(A * A))
+
+
+def matrix_normal_quadratic(W, loc, row_chol_inv, col_precision):
+    """-tr(col_precision (W - loc)^T Sigma^-1 (W - loc)) / 2, given ``row_chol_inv`` = L^-1 (Sigma = L L^T):
+    the only part of ``matrix_normal_log_prob`` that depends on W."""
+    E = row_chol_inv @ (W - loc) @ small_cholesky(col_precision)
+    return -0.5 * jnp.sum(E * E)
 
 
 def matrix_normal_log_prob(W, loc, row_cov, col_precision):
     """log MN(W | loc, row_cov, col_precision^-1) for W (k, p)."""
     k, p = W.shape
-    L = jnp.linalg.cholesky(row_cov)
-    Lp = jnp.linalg.cholesky(col_precision)
-    E = solve_triangular(L, W - loc, lower=True) @ Lp  # tr(Lam E^T Sigma^-1 E) = ||L^-1 E Lp||_F^2
-    return (-0.5 * k * p * _LOG_2PI - 0.5 * p * _logdet_chol(L) + 0.5 * k * _logdet_chol(Lp)
-            - 0.5 * jnp.sum(E * E))
+    L = small_cholesky(row_cov)
+    L_inv = small_solve_lower(L, jnp.eye(k, dtype=L.dtype))
+    return (-0.5 * k * p * _LOG_2PI - 0.5 * p * _logdet_chol(L) + 0.5 * k * _logdet_chol(small_cholesky(col_precision))
+            + matrix_normal_quadratic(W, loc, L_inv, col_precision))
 
 
 def mniw_log_prob(Sigma, W, prior):
@@ -48,26 +57,94 @@ def mniw_log_prob(Sigma, W, prior):
             + matrix_normal_log_prob(W, prior.loc, Sigma, prior.col_precision))
 
 
-def log_prior(ssm, params: ParamsLGSSM):
-    """``ssm.log_prior(params)`` for a dynamax ``LinearGaussianConjugateSSM`` with biases."""
-    ip, dp, ep = ssm.initial_prior, ssm.dynamics_prior, ssm.emission_prior
+def _stacked(group):
+    """[weights, input_weights, bias] as one (k, S + U + 1) matrix (dynamax's MNIW variable)."""
+    return jnp.column_stack((group.weights, group.input_weights, group.bias))
+
+
+def _initial_and_dynamics_log_prior(ssm, params: ParamsLGSSM):
+    ip = ssm.initial_prior
     S = params.initial.cov
     lp = inverse_wishart_log_prob(S, ip.df, ip.scale)
     kappa = jnp.asarray(ip.mean_concentration, S.dtype)
     lp += matrix_normal_log_prob(params.initial.mean[:, None], ip.loc[:, None], S, jnp.reshape(kappa, (1, 1)))
-    Wd = jnp.column_stack((params.dynamics.weights, params.dynamics.input_weights, params.dynamics.bias))
-    We = jnp.column_stack((params.emissions.weights, params.emissions.input_weights, params.emissions.bias))
-    return lp + mniw_log_prob(params.dynamics.cov, Wd, dp) + mniw_log_prob(params.emissions.cov, We, ep)
+    return lp + mniw_log_prob(params.dynamics.cov, _stacked(params.dynamics), ssm.dynamics_prior)
 
 
-def sample_inverse_wishart(key, df, scale):
-    """One draw of IW(df, scale) by the Bartlett decomposition (k x k)."""
+def log_prior(ssm, params: ParamsLGSSM):
+    """``ssm.log_prior(params)`` for a dynamax ``LinearGaussianConjugateSSM`` with biases."""
+    return (_initial_and_dynamics_log_prior(ssm, params)
+            + mniw_log_prob(params.emissions.cov, _stacked(params.emissions), ssm.emission_prior))
+
+
+def latent_log_prior(ssm, params: ParamsLGSSM, emission_chol_inv):
+    """``log_prior`` up to terms that depend on the emission covariance R alone, given L^-1 with
+    R = L L^T: what a change of latent coordinates (which keeps R) can change.  Cheaper than
+    ``log_prior`` by every factorisation of the emission-sized R."""
+    ep = ssm.emission_prior
+    return (_initial_and_dynamics_log_prior(ssm, params)
+            + matrix_normal_quadratic(_stacked(params.emissions), ep.loc, emission_chol_inv, ep.col_precision))
+
+
+def sample_inverse_wishart_factor(key, df, scale):
+    """G with G G^T ~ IW(df, scale) (k x k), by the Bartlett decomposition.
+
+    Any square root will do for a matrix-normal draw given Sigma, so callers that need one take G
+    instead of factoring Sigma again."""
     k = scale.shape[-1]
     k_chi, k_norm = jax.random.split(key)
     dtype = scale.dtype
-    chi2 = 2.0 * jax.random.gamma(k_chi, 0.5 * (df - jnp.arange(k, dtype=dtype)), dtype=dtype)
-    A = jnp.tril(jax.random.normal(k_norm, (k, k), dtype), -1) + jnp.diag(jnp.sqrt(chi2))
+    chi2 = 2.0 * sample_gamma(k_chi, 0.5 * (df - jnp.arange(k, dtype=dtype)))
+    rows, cols = jnp.tril_indices(k, -1)
+    A = jnp.diag(jnp.sqrt(chi2)).at[rows, cols].set(jax.random.normal(k_norm, (k * (k - 1) // 2,), dtype))
     # W = K^-T A A^T K^-1 ~ Wishart(df, scale^-1) with scale = K K^T; Sigma = W^-1 = G G^T, G = K A^-T
-    K = jnp.linalg.cholesky(scale)
-    G = K @ solve_triangular(A, jnp.eye(k, dtype=dtype), lower=True).T
+    K = small_cholesky(scale)
+    return K @ small_solve_lower(A, jnp.eye(k, dtype=dtype)).T
+
+
+def sample_inverse_wishart(key, df, scale):
+    """One draw of IW(df, scale) (k x k)."""
+    G = sample_inverse_wishart_factor(key, df, scale)
     return G @ G.T
+
+
+#: Marsaglia-Tsang proposals drawn at once per gamma variate: all of them are rejected with
+#: probability < 1e-4 (shape 1, the worst case), and then a loop draws more.
+GAMMA_PROPOSALS = 3
+
+
+def sample_gamma(key, shape):
+    """Gamma(shape, 1) draws, one per entry of ``shape`` (an array), by Marsaglia & Tsang's (2000)
+    exact rejection method, boosted for shape < 1 (Gamma(a) = Gamma(a + 1) U^(1/a)).
+
+    Hand-written instead of ``jax.random.gamma`` for speed under vmap: that runs a loop of one
+    proposal per iteration with a key split each time (a few iterations for thousands of chains,
+    docs/performance.md); here ``GAMMA_PROPOSALS`` proposals per variate come from one draw and the
+    first accepted is taken, which is the same rejection sampler, so the draws are exactly
+    Gamma-distributed.  A variate whose proposals were all rejected takes more, batch by batch;
+    its value does not depend on the other chains of a vmapped batch.
+    """
+    dtype = shape.dtype
+    boost = shape < 1.0
+    d = jnp.where(boost, shape + 1.0, shape) - 1.0 / 3.0
+    c = 1.0 / jnp.sqrt(9.0 * d)
+    k_first, k_more, k_boost = jax.random.split(key, 3)
+
+    def propose(key):
+        k_z, k_u = jax.random.split(key)
+        z = jax.random.normal(k_z, (GAMMA_PROPOSALS,) + shape.shape, dtype)
+        log_u = jnp.log(jax.random.uniform(k_u, z.shape, dtype))
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (log_u < 0.5 * z * z + d - d * v + d * jnp.log(jnp.where(v > 0, v, 1.0)))
+        first = jnp.argmax(ok, axis=0)
+        return jnp.any(ok, axis=0), d * jnp.take_along_axis(v, first[None], axis=0)[0]
+
+    def more(carry):
+        i, found, value = carry
+        new_found, new_value = propose(jax.random.fold_in(k_more, i))
+        return i + 1, found | new_found, jnp.where(found, value, new_value)
+
+    found, value = propose(k_first)
+    _, _, value = jax.lax.while_loop(lambda carry: ~jnp.all(carry[1]), more, (0, found, value))
+    u = jax.random.uniform(k_boost, shape.shape, dtype, minval=jnp.finfo(dtype).tiny)
+    return jnp.where(boost, value * u ** (1.0 / shape), value)
