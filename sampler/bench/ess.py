@@ -16,7 +16,11 @@ datasets of that minimum ESS, divided by the wall time).
   it returns only after all its draws (and compiles on every call), so it is called with 1,500
   draws, then twice as many, until one call reaches the target; that call's wall time counts.
 
-The seed's and dynamax's procedures are per dataset, so their 256-dataset figure is 256 x their time.
+* the strongest anchor (``sampler.bench.anchor``): dynamax's Gibbs step vmapped by hand over the same
+  N datasets x 4 chains as the engine's Gibbs row, with the same burn-in, blocks and check.
+
+The seed's and dynamax's looped procedures are per dataset, so their 256-dataset figure is 256 x their
+time.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from sampler.bench.anchor import vmapped_dynamax_gibbs_time_to_ess
 from sampler.bench.measure import min_bulk_ess
 from sampler.bench.problems import bench_config, seed_dataset, seed_hmc_chain, seed_params, write_data
 from sampler.execution import runner
@@ -79,6 +84,7 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
     steps = np.concatenate(steps, axis=1).reshape(num_datasets * num_chains, -1)   # (chains, draws)
     gradient_based = algorithm != "gibbs"
     return _row(f"sampler {algorithm}", num_datasets, num_chains, done, wall, ess, target, scale_to,
+                chain_sweeps_per_s=num_datasets * num_chains * (num_warmup + done) / wall,
                 grads_per_draw=float(steps.mean()) if gradient_based else float("nan"),
                 lockstep_grads_per_draw=float(steps.max(axis=0).mean()) if gradient_based else float("nan"))
 
@@ -133,6 +139,11 @@ def time_to_ess(root: Path, *, datasets: dict[str, int], dtype: str = "float64",
                                target=target)
             for algorithm, n in datasets.items()]
     references = []
+    if include_dynamax and "gibbs" in datasets:
+        n = datasets["gibbs"]
+        r = vmapped_dynamax_gibbs_time_to_ess(n, burn_in=num_warmup, max_draws=max_draws, target=target, dtype=dtype)
+        references.append(_row(r["procedure"], n, r["chains"], r["draws"], r["wall_s"], r["ess"], target, 256,
+                               chain_sweeps_per_s=r["chain_sweeps_per_s"]))
     if include_seed:
         references.append(seed_time_to_ess(target=target, max_draws=seed_max_draws))
     if include_dynamax:
@@ -144,7 +155,7 @@ def time_to_ess(root: Path, *, datasets: dict[str, int], dtype: str = "float64",
 
 
 COLUMNS = ("procedure", "datasets", "draws", "wall_s", "reached", "datasets_at_target", "min_ess", "dataset_ess_per_s",
-           "wall_s_for_256", "grads_per_draw", "lockstep_grads_per_draw", "best_sampler_ratio")
+           "wall_s_for_256", "chain_sweeps_per_s", "grads_per_draw", "lockstep_grads_per_draw", "best_sampler_ratio")
 
 
 def default_datasets(quick: bool, backend: str, datasets: Optional[int] = None) -> dict[str, int]:

@@ -52,3 +52,18 @@ def configure_jax(dtype: str) -> None:
         compilation_cache.reset_cache()
         jax.config.update("jax_compilation_cache_dir", keyed)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    unroll_threefry_on_cpu()
+
+
+def unroll_threefry_on_cpu() -> None:
+    """Lower ``threefry2x32`` on CPU with jax's own unrolled rule (the one other backends use) instead
+    of its rolled 5-iteration loop: the same random bits, but under vmap each draw becomes one fused
+    kernel instead of a loop of small ones; a Gibbs sweep makes dozens of draws, and random numbers
+    were its largest single cost (1.4x on draws, docs/performance.md).  The names are jax 0.9.2's
+    private ones (jax is pinned); where they are missing the default lowering stays."""
+    try:
+        from jax._src import prng
+        from jax.interpreters import mlir
+        mlir.register_lowering(prng.threefry2x32_p, prng._threefry2x32_lowering_rule, platform="cpu")
+    except (ImportError, AttributeError):
+        pass
