@@ -30,6 +30,31 @@ from typing import Union
 if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0", "1"):
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
+
+def _cap_xla_cpu_isa() -> None:
+    """On an AVX-512 host, compile XLA:CPU code for AVX2 (``--xla_cpu_max_isa=AVX2``) unless the user
+    chose an ISA.
+
+    Why: for these CPUs XLA records LLVM's tuning preferences ``+prefer-no-gather/-scatter`` among
+    the compiled code's "required" features, so every executable loaded from the persistent
+    compilation cache logs two error lines ending "This could lead to execution errors such as
+    SIGILL" (openxla/xla issue 44565, jax issue 38445), although the code was built on this very
+    CPU (the cache directory is keyed by the host CPU, ``sampler.core.precision``).  AVX2 code
+    records no such preference: the cache loads silently.  Measured on this project's AVX-512 CPU:
+    the Gibbs sweep ran no slower (docs/performance.md, "Compilation cache")."""
+    if "xla_cpu_max_isa" in os.environ.get("XLA_FLAGS", ""):
+        return
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), "").split()
+    except OSError:
+        return
+    if "avx512f" in flags and "avx2" in flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
+
+
+_cap_xla_cpu_isa()
+
 __version__ = "0.1.0"
 __all__ = ["forecast", "forecast_frame", "kalman", "open_run", "run"]
 

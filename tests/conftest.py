@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sampler  # noqa: F401  (first: its XLA settings must precede JAX's backend start, as in the CLI)
 import jax
 import numpy as np
 import pytest

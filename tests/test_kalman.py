@@ -142,3 +142,79 @@ def test_parallel_gradient_with_missing_data_matches_sequential():
         if a.size:
             assert bool(jnp.all(jnp.isfinite(b)))
             np.testing.assert_allclose(sym(b), sym(a), rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+
+
+# --- the default (partial_missing=None): fast complete-row path, exact on partly missing rows ----------
+def test_complete_path_gradient_wrt_everything_matches_dynamax():
+    """The closed-form (Fisher identity) gradient of the complete-row path: parameters, emissions and
+    inputs, against reverse mode through dynamax's filter."""
+    params, y, u = random_problem(3, 5, 2, 15, seed=8)
+    argnums = (0, 1, 2)
+    v_ref, g_ref = jax.jit(jax.value_and_grad(lambda p, yy, uu: lgssm_filter(p, yy, uu).marginal_loglik,
+                                              argnums))(params, y, u)
+    v, g = jax.jit(jax.value_and_grad(lambda p, yy, uu: marginal_log_prob(p, yy, uu), argnums))(params, y, u)
+    assert abs(float(v - v_ref)) <= 1e-9 * abs(float(v_ref))
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g)):
+        if a.size:
+            np.testing.assert_allclose(sym(b), sym(a), rtol=1e-6, atol=1e-7 * float(jnp.max(jnp.abs(a))))
+
+
+def test_batch_any_reduces_over_the_vmapped_batch():
+    from sampler.core.kalman.filter import batch_any
+    flags = jnp.array([False, True, False])
+    assert bool(batch_any(flags[0])) is False
+    assert np.asarray(jax.vmap(batch_any)(flags)).tolist() == [True] * 3
+    assert np.asarray(jax.vmap(batch_any)(flags.at[1].set(False))).tolist() == [False] * 3
+    nested = jax.vmap(jax.vmap(batch_any))(jnp.array([[False, True], [False, False]]))
+    assert np.asarray(nested).tolist() == [[True, True], [True, True]]
+
+
+def test_default_exact_on_mixed_batch_under_jit_vmap_grad():
+    """A batch where one sequence has partly missing rows (the exact path runs for all), and one
+    without (the complete path runs): values and gradients equal the explicit exact path's, the
+    skipping reference's and, on complete data, dynamax's."""
+    bsym = lambda a: 0.5 * (a + jnp.swapaxes(a, -1, -2)) if a.ndim >= 2 and a.shape[-1] == a.shape[-2] else a
+    params, y, _ = random_problem(2, 4, 0, 20, seed=9)
+    ys = np.stack([np.asarray(y), np.asarray(y) * 1.1, np.asarray(y) - 0.3])
+    ys[0, [3, 4]] = np.nan          # whole rows
+    mixed = ys.copy()
+    mixed[1, 7, [0, 2]] = np.nan    # partly missing rows
+    mixed[1, 15, 3] = np.nan
+    ps = jax.tree.map(lambda x: jnp.broadcast_to(x, (3,) + x.shape), params)
+    default = jax.jit(jax.vmap(jax.value_and_grad(marginal_log_prob)))
+    exact = jax.jit(jax.vmap(jax.value_and_grad(partial(marginal_log_prob, partial_missing=True))))
+    dyn = jax.jit(jax.vmap(jax.value_and_grad(lambda p, e: lgssm_filter(p, e).marginal_loglik)))
+    for batch in (mixed, ys):
+        (v, g), (v_ref, g_ref) = default(ps, jnp.asarray(batch)), exact(ps, jnp.asarray(batch))
+        np.testing.assert_allclose(v, v_ref, rtol=1e-9)
+        np.testing.assert_allclose(v, [reference_skipping(params, b) for b in batch], rtol=1e-9)
+        for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g)):
+            if a.size:
+                np.testing.assert_allclose(bsym(b), bsym(a), rtol=1e-7, atol=1e-8 * float(jnp.max(jnp.abs(a))))
+    v_dyn, g_dyn = dyn(ps, jnp.asarray(ys))  # rows 1 and 2 complete
+    for a, b in zip(jax.tree.leaves(g_dyn), jax.tree.leaves(g)):
+        if a.size:
+            np.testing.assert_allclose(bsym(b[1:]), bsym(a[1:]), rtol=1e-6,
+                                       atol=1e-7 * float(jnp.max(jnp.abs(a[1:]))))
+    np.testing.assert_allclose(v[1:], v_dyn[1:], rtol=1e-9)
+
+
+def test_default_gradient_float32_close_to_float64():
+    params, y, _ = random_problem(2, 10, 0, 100, seed=2)
+    f = jax.jit(jax.value_and_grad(marginal_log_prob))
+    v64, g64 = f(params, y)
+    v32, g32 = f(jax.tree.map(lambda x: x.astype(jnp.float32), params), y.astype(jnp.float32))
+    assert v32.dtype == jnp.float32 and abs(float(v32 - v64)) <= 1e-5 * abs(float(v64))
+    for a, b in zip(jax.tree.leaves(g64), jax.tree.leaves(g32)):
+        if a.size:
+            np.testing.assert_allclose(sym(b), sym(a), rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(a))))
+
+
+def test_default_on_concrete_data_picks_on_host():
+    """Eager call with concrete data: the partly missing row is seen on the host (exact path)."""
+    params, y, _ = random_problem(2, 6, 0, 40, seed=4)
+    y = np.asarray(y).copy()
+    y[7, [0, 2]] = np.nan
+    assert float(marginal_log_prob(params, jnp.asarray(y))) == pytest.approx(reference_skipping(params, y), rel=1e-9)
+    assert float(marginal_log_prob(params, jnp.asarray(y), partial_missing=False)) != pytest.approx(
+        reference_skipping(params, y), rel=1e-6)

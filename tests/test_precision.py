@@ -32,3 +32,27 @@ def test_configure_jax_puts_the_cache_in_a_per_cpu_directory(tmp_path, monkeypat
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla" / f"cpu-{precision.host_fingerprint()}")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.timeout(180)
+def test_a_warm_compilation_cache_loads_without_alarming_lines(tmp_path):
+    """Two processes compile the same program with one cache directory: the second loads it from the
+    cache (the directory holds its entry) and prints nothing on stderr, in particular not XLA's
+    "... could lead to execution errors such as SIGILL" lines (openxla/xla issue 44565)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sampler, jax, jax.numpy as jnp\n"
+            "from sampler.core.precision import configure_jax\n"
+            "configure_jax('float64')\n"
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+            "f = jax.jit(lambda x: jnp.linalg.cholesky(x @ x.T + jnp.eye(8)).sum())\n"
+            "print(float(f(jnp.ones((8, 8)))))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "xla")
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    assert runs[0].stdout == runs[1].stdout
+    assert any((tmp_path / "xla").rglob("*-cache")), list((tmp_path / "xla").rglob("*"))
+    assert runs[1].stderr.strip() == "", runs[1].stderr

@@ -6,7 +6,9 @@ Parts (``PARTS``; each a function returning plain dicts, printed as a table or J
 * ``e2e``, ``io``, ``rss`` -- whole ``sampler run`` runs: dataset-ESS/s against the seed's procedure,
   the cost of streaming to the run dir, peak memory (``runs``);
 * ``warmup`` -- warmup schemes for many chains on the seed dataset (``warmup``);
-* ``ess`` -- the headline: wall time until every dataset reaches bulk-ESS 400 on diag(R) (``ess``);
+* ``ess`` -- wall time until every dataset reaches bulk-ESS 400 on diag(R), every kernel against the
+  seed's procedure and dynamax's Gibbs (looped, and vmapped by hand: ``anchor``) (``ess``);
+* ``headline`` -- the same for Gibbs and dynamax's Gibbs only (``ess``, ``anchor``);
 * ``sts``, ``sts-panel`` -- the structural Gibbs sweep: chain-sweeps/s against the state size, and
   the posterior of 1,000 monthly series (``structural``).
 

@@ -90,8 +90,10 @@ def streaming_overhead(root: Path, num_datasets: int, repeats: int = 3, **settin
         real.append(sampler_run(root / f"real-{i}", num_datasets, **settings)["wall_s"])
         null.append(null_sink_run(root / f"real-{i}", num_datasets, **settings)["wall_s"])
     real_s, null_s = float(np.median(real)), float(np.median(null))
+    # each pair's own overhead too: on a shared machine the spread across pairs is the error bar
     return {"datasets": num_datasets, "repeats": repeats, "real_run_dir_s": real_s, "null_sink_s": null_s,
-            "overhead": real_s / null_s - 1.0, "real_runs_s": real, "null_runs_s": null}
+            "overhead": real_s / null_s - 1.0, "real_runs_s": real, "null_runs_s": null,
+            "pair_overheads": [r / n - 1.0 for r, n in zip(real, null)]}
 
 
 # --- rss ---------------------------------------------------------------------------------------------

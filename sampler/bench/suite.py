@@ -18,7 +18,7 @@ from sampler.bench.measure import device_description, format_table, print_text
 from sampler.core.precision import configure_jax
 from sampler.errors import UserError
 
-PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess", "sts", "sts-panel")
+PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess", "headline", "sts", "sts-panel")
 
 
 def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optional[int] = None,
@@ -67,13 +67,17 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
             results["warmup"] = warmup.warmup_comparison(num_chains=8, num_warmup=50 if quick else 200,
                                                          num_draws=50 if quick else 200)
             print_text(out, format_table(results["warmup"], warmup.COLUMNS))
-        if "ess" in parts:
+        for part in ("ess", "headline"):
+            if part not in parts:
+                continue
+            # headline: Gibbs against dynamax's Gibbs step vmapped by hand (and looped), nothing else
             counts = ess.default_datasets(quick, jax.default_backend(), datasets)
-            results["ess"] = ess.time_to_ess(
-                root / "ess", datasets=counts, dtype=dtype, max_draws=500 if quick else 8000,
+            results[part] = ess.time_to_ess(
+                root / part, datasets=counts if part == "ess" else {"gibbs": counts["gibbs"]}, dtype=dtype,
+                include_seed=part == "ess", max_draws=500 if quick else 8000,
                 num_warmup=100 if quick else ess.BURN_IN, seed_max_draws=2000 if quick else 20000,
                 target=100.0 if quick else ess.TARGET_ESS)
-            print_text(out, format_table(results["ess"], ess.COLUMNS))
+            print_text(out, format_table(results[part], ess.COLUMNS))
         if "sts" in parts:
             results["sts"] = structural.sweep_throughput(num_series=8 if quick else 64, sweeps=20 if quick else 100)
             print_text(out, format_table(results["sts"], structural.COLUMNS))

@@ -5,6 +5,7 @@ Knows files, not Ray.  ``run_shard`` is the unit of work a Ray actor (or the in-
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -217,14 +218,15 @@ def to_store_layout(x, n: int, C: int) -> np.ndarray:
     return np.moveaxis(x, 0, 2)
 
 
-def _write_draws(ctx: RunContext, shard: Shard, start: int, draws: engine.Draws) -> None:
+def _write_draws(ctx: RunContext, shard: Shard, start: int, draws: engine.Draws,
+                 writer: store.BlockWriter) -> None:
     n, C = shard.stop - shard.start, ctx.cfg.sampler.num_chains
     params = {k: to_store_layout(v, n, C) for k, v in ctx.model.variable_values(draws.params).items()}
     stats = {"lp": draws.lp, "acceptance_rate": draws.stats.acceptance_rate,
              "diverging": draws.stats.diverging, "n_steps": draws.stats.n_steps,
              "energy": draws.stats.energy, "step_size": draws.step_size}
     stats = {k: to_store_layout(v, n, C) for k, v in stats.items()}
-    store.write_block(ctx.run_dir.store, start, shard.start, params, stats)
+    writer.write(start, shard.start, params, stats)
 
 
 def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], None]] = None) -> int:
@@ -239,15 +241,18 @@ def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], 
     ckpt = ShardCheckpoints(ctx.run_dir.checkpoints(shard.index), ctx.cfg.run.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(chains_template(ctx, inputs))
-        if restored is None:
-            chains, done = init_chains(ctx, inputs), 0
-            ckpt.save(0, chains)
-        else:
-            done, chains = restored
+        done, chains = (0, init_chains(ctx, inputs)) if restored is None else restored
         if on_draws and done:
             on_draws(done)
-        for block in iter_blocks(ctx, inputs, chains, done):
-            _write_draws(ctx, shard, block.start, block.host_draws())
+        writer = store.BlockWriter(ctx.run_dir.store)
+        blocks = iter_blocks(ctx, inputs, chains, done)
+        if restored is None:
+            # step 0 (warmup done, no draws) is saved once the first blocks are dispatched: the
+            # device samples them meanwhile instead of idling through the save
+            blocks = itertools.chain([next(blocks)], blocks)
+            ckpt.save(0, chains)
+        for block in blocks:
+            _write_draws(ctx, shard, block.start, block.host_draws(), writer)
             ckpt.save(block.start + block.count, block.chains)
             done = block.start + block.count
             if on_draws:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler.core.kalman.linalg import small_matmul
+from sampler.core.kalman.linalg import lsum, small_matmul
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -54,3 +56,24 @@ def complete_params(params: ParamsLGSSM, T: int, D: int, inputs, dtype):
         dynamics=params.dynamics._replace(input_weights=B, bias=b),
         emissions=params.emissions._replace(input_weights=Dw, bias=d))
     return params, inputs
+
+
+def with_gradient(value_fn, value_and_grad_fn):
+    """``value_fn`` (positional array arguments -> scalar) as a ``custom_jvp`` whose tangent is
+    <gradient, tangent>, with ``value_and_grad_fn(primals, need) -> (value, gradients)`` giving the
+    gradients of the arguments flagged in ``need`` (those with a nonzero tangent).
+
+    All of the rule's work is on primals, so under reverse mode nothing is split into a forward and
+    a transposed part: a ``lax.cond`` inside ``value_and_grad_fn`` stays one branch with outputs of
+    parameter size (no residuals of the branch not taken, as differentiating through a cond has).
+    """
+    fn = jax.custom_jvp(value_fn)
+
+    def rule(primals, tangents):
+        need = tuple(not isinstance(t, SymbolicZero) for t in tangents)
+        value, grads = value_and_grad_fn(primals, need)
+        out = [jnp.sum(g * t) for g, t, n in zip(grads, tangents, need) if n]
+        return value, lsum(out) if out else jnp.zeros_like(value)
+
+    fn.defjvp(rule, symbolic_zeros=True)
+    return fn

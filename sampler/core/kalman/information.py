@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler.core.kalman.common import LOG_2PI, observed_noise, predict
+from sampler.core.kalman.common import LOG_2PI, observed_noise
 from sampler.core.kalman.linalg import small_cholesky, small_matmul, small_solve_lower
 
 
@@ -71,17 +71,27 @@ def info_update(m, P, J_t, h_t, q_t, ld_t, n_t):
     return ll_t, m + mm(Wt.T, v), mm(Wt.T, Wt)
 
 
-def information_filter(params, emissions, inputs, partial_missing):
-    J, h, q, logdet_R, n_obs = info_terms(params, emissions, inputs, partial_missing)
-    next_inputs = jnp.concatenate([inputs[1:], inputs[-1:]], axis=0)
+def information_scan(m0, P0, F, Q, c_next, J, h, q, logdet_R, n_obs):
+    """The sequential pass over per-step information terms (``info_terms``): x_1 ~ N(m0, P0) and the
+    transition into step t+1 is N(F x_t + c_next[t], Q).  Returns (log-likelihood, (filtered means
+    (T, S), filtered covariances (T, S, S)))."""
+    mm = small_matmul
 
     def step(carry, xs):
         ll, m, P = carry
-        *terms, u_next = xs
+        *terms, c_t = xs
         ll_t, m_post, P_post = info_update(m, P, *terms)
-        m_pred, P_pred = predict(m_post, P_post, params, u_next)
-        return (ll + ll_t, m_pred, 0.5 * (P_pred + P_pred.T)), (m_post, P_post)
+        P_pred = mm(mm(F, P_post), F.T) + Q
+        return (ll + ll_t, mm(F, m_post) + c_t, 0.5 * (P_pred + P_pred.T)), (m_post, P_post)
 
-    carry0 = (jnp.zeros((), J.dtype), params.initial.mean, params.initial.cov)
-    (ll, _, _), filtered = jax.lax.scan(step, carry0, (J, h, q, logdet_R, n_obs, next_inputs))
+    carry0 = (jnp.zeros((), J.dtype), m0, P0)
+    (ll, _, _), filtered = jax.lax.scan(step, carry0, (J, h, q, logdet_R, n_obs, c_next))
     return ll, filtered
+
+
+def information_filter(params, emissions, inputs, partial_missing):
+    terms = info_terms(params, emissions, inputs, partial_missing)
+    dyn = params.dynamics
+    next_inputs = jnp.concatenate([inputs[1:], inputs[-1:]], axis=0)
+    c_next = dyn.bias + next_inputs @ dyn.input_weights.T
+    return information_scan(params.initial.mean, params.initial.cov, dyn.weights, dyn.cov, c_next, *terms)

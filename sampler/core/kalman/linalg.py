@@ -54,3 +54,66 @@ def small_matmul(A, b):
     if b.ndim == 1:
         return jnp.sum(A * b[None, :], axis=-1)
     return jnp.sum(A[:, :, None] * b[None, :, :], axis=1)
+
+
+# --- scalar-unrolled ("structure of arrays") algebra ---------------------------------------------------
+# A matrix is a Python list of rows of same-shaped arrays (under vmap, one value per chain); nothing is
+# stacked into an (n, n) array, so a scan step is one fused elementwise kernel over the batch.
+def as_lists(A):
+    """(..., n, k) array -> n x k nested list of (...) arrays."""
+    n, k = A.shape[-2:]
+    return [[A[..., i, j] for j in range(k)] for i in range(n)]
+
+
+def from_lists(A):
+    """n x k nested list of (...) arrays -> (..., n, k) array."""
+    return jnp.stack([jnp.stack(row, axis=-1) for row in A], axis=-2)
+
+
+def chol_lists(A):
+    """Lower Cholesky factor of an SPD nested list (lower triangle read); entries above the diagonal
+    are None."""
+    n = len(A)
+    L = [[None] * n for _ in range(n)]
+    for j in range(n):
+        s = A[j][j]
+        for k in range(j):
+            s = s - L[j][k] * L[j][k]
+        L[j][j] = jnp.sqrt(s)
+        for i in range(j + 1, n):
+            s = A[i][j]
+            for k in range(j):
+                s = s - L[i][k] * L[j][k]
+            L[i][j] = s / L[j][j]
+    return L
+
+
+def solve_lower_lists(L, b):
+    """``L^-1 b`` for a lower-triangular nested list ``L`` (as ``chol_lists`` returns) and a list ``b``;
+    entries of ``b`` may be None (zero)."""
+    xs = []
+    for i in range(len(L)):
+        s = b[i]
+        for k in range(i):
+            if xs[k] is not None:
+                s = -L[i][k] * xs[k] if s is None else s - L[i][k] * xs[k]
+        xs.append(None if s is None else s / L[i][i])
+    return xs
+
+
+def lsum(terms):
+    """Sum of an iterable of arrays (no zero start: one add fewer per element)."""
+    out = None
+    for t in terms:
+        out = t if out is None else out + t
+    return out
+
+
+def sym_lists(P):
+    """Full symmetric nested list from a lower triangle (row i holds entries 0..i)."""
+    return [[P[i][j] if j <= i else P[j][i] for j in range(len(P))] for i in range(len(P))]
+
+
+def lower(P):
+    """Lower triangle (row i holds entries 0..i) of a nested list, as tuples."""
+    return tuple(tuple(P[i][:i + 1]) for i in range(len(P)))
