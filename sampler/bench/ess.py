@@ -38,6 +38,7 @@ import numpy as np
 from sampler.bench.anchor import vmapped_dynamax_gibbs_time_to_ess
 from sampler.bench.measure import min_bulk_ess
 from sampler.bench.problems import bench_config, seed_dataset, seed_hmc_chain, seed_params, write_data
+from sampler.core import engine
 from sampler.execution import runner
 
 TARGET_ESS = 400.0
@@ -81,12 +82,34 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
         if np.all(ess >= target):
             break
     wall = time.perf_counter() - t0 - paused
+    compile_s = _compile_seconds(ctx, inputs, block)
     steps = np.concatenate(steps, axis=1).reshape(num_datasets * num_chains, -1)   # (chains, draws)
     gradient_based = algorithm != "gibbs"
     return _row(f"sampler {algorithm}", num_datasets, num_chains, done, wall, ess, target, scale_to,
-                chain_sweeps_per_s=num_datasets * num_chains * (num_warmup + done) / wall,
+                chain_sweeps_per_s=num_datasets * num_chains * (num_warmup + done) / wall, **compile_s,
                 grads_per_draw=float(steps.mean()) if gradient_based else float("nan"),
                 lockstep_grads_per_draw=float(steps.max(axis=0).mean()) if gradient_based else float("nan"))
+
+
+def _compile_seconds(ctx, inputs, block: int) -> dict:
+    """Compile seconds of the run's two programs (warmup; a block of draws), each compiled alone with
+    every cache off, after the timed run (whose wall time includes them, the block program's
+    compiled beside the warmup: ``runner.init_chains``)."""
+    s, b = ctx.cfg.sampler, inputs.batch
+    jax.clear_caches()
+    cache_was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        t = time.perf_counter()
+        engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.num_chains).lower(
+            inputs.keys, b.emissions, b.inputs, b.init_values).compile()
+        t_init = time.perf_counter()
+        engine.sample_program(ctx.model, ctx.kernel, min(block, s.num_draws)).lower(
+            inputs.keys, runner.chains_template(ctx, inputs), b.emissions, b.inputs, np.int32(0),
+            np.int32(block)).compile()
+        return {"compile_warmup_s": t_init - t, "compile_block_s": time.perf_counter() - t_init}
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was)
 
 
 def seed_time_to_ess(*, block: int = 1000, max_draws: int = 20000, target: float = TARGET_ESS,
@@ -155,7 +178,7 @@ def time_to_ess(root: Path, *, datasets: dict[str, int], dtype: str = "float64",
 
 
 COLUMNS = ("procedure", "datasets", "draws", "wall_s", "reached", "datasets_at_target", "min_ess", "dataset_ess_per_s",
-           "wall_s_for_256", "chain_sweeps_per_s", "grads_per_draw", "lockstep_grads_per_draw", "best_sampler_ratio")
+           "wall_s_for_256", "chain_sweeps_per_s", "compile_warmup_s", "compile_block_s", "grads_per_draw", "lockstep_grads_per_draw", "best_sampler_ratio")
 
 
 def default_datasets(quick: bool, backend: str, datasets: Optional[int] = None) -> dict[str, int]:

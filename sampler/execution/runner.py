@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -173,9 +174,33 @@ def _init_program(ctx: RunContext):
 
 
 def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
-    """Initial values and warmup of every chain of a shard (device arrays)."""
+    """Initial values and warmup of every chain of a shard (device arrays).
+
+    The block program (``iter_blocks``) compiles meanwhile in a background thread: XLA compiles
+    without the GIL, so its compile overlaps the warmup program's compile and run instead of
+    following them (measured: docs/performance.md), and ``iter_blocks`` finds it in JAX's cache."""
     b = inputs.batch
-    return _init_program(ctx)(inputs.keys, b.emissions, b.inputs, b.init_values)
+    ahead = threading.Thread(target=_compile_block_program, args=(ctx, inputs), daemon=True)
+    ahead.start()
+    try:
+        return _init_program(ctx)(inputs.keys, b.emissions, b.inputs, b.init_values)
+    finally:
+        ahead.join()
+
+
+def _compile_block_program(ctx: RunContext, inputs: ShardInputs) -> None:
+    b = inputs.batch
+    chains = jax.eval_shape(_init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
+    try:
+        _block_program(ctx).lower(inputs.keys, chains, b.emissions, b.inputs, np.int32(0), np.int32(0)).compile()
+    except Exception:  # noqa: BLE001 -- only a head start: the program's own first call reports it
+        pass
+
+
+def _block_program(ctx: RunContext):
+    """The one compiled program of every block (the last, shorter one included)."""
+    size = min(ctx.cfg.run.checkpoint_every, ctx.cfg.sampler.num_draws)
+    return engine.sample_program(ctx.model, ctx.kernel, size)
 
 
 def chains_template(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
@@ -195,7 +220,7 @@ def iter_blocks(ctx: RunContext, inputs: ShardInputs, chains: engine.Chains, sta
     """
     b, total = inputs.batch, ctx.cfg.sampler.num_draws
     size = min(ctx.cfg.run.checkpoint_every, total)
-    program = engine.sample_program(ctx.model, ctx.kernel, size)   # one program, the last block's too
+    program = _block_program(ctx)
     pending, done = None, start
     while done < total:
         k = min(size, total - done)
