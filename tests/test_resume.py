@@ -102,6 +102,28 @@ def test_a_short_last_block_runs_the_same_program(problem, monkeypatch):
         np.testing.assert_array_equal(short[key], reference[key][:, :145], err_msg=key)
 
 
+def test_a_larger_num_draws_extends_the_run(problem):
+    """A finished 45-draw run (its last block short) re-run with num_draws = 150: the 45 draws stay
+    bitwise the same, the store grows to 150 draws and equals the 150-draw reference bitwise, xarray
+    sees the new length; a smaller num_draws is refused naming the key, and nothing changes."""
+    from sampler.errors import UserError
+    root, cfg = problem
+    run_dir = root / "extended"
+    sampler.run(cfg, progress=False, sampler__num_draws=45, run__dir=str(run_dir))
+    first = read_store(run_dir)
+    sampler.run(cfg, progress=False, sampler__num_draws=150, run__dir=str(run_dir))
+    extended, reference = read_store(run_dir), read_store(root / "reference")
+    for key in first:
+        assert first[key].shape[1] == 45
+        np.testing.assert_array_equal(extended[key][:, :45], first[key], err_msg=key)
+        np.testing.assert_array_equal(extended[key], reference[key], err_msg=key)
+    assert sampler.open_run(run_dir)["posterior"].sizes["draw"] == 150
+    with pytest.raises(UserError, match="sampler.num_draws"):
+        sampler.run(cfg, progress=False, sampler__num_draws=100, run__dir=str(run_dir))
+    for key, value in read_store(run_dir).items():
+        np.testing.assert_array_equal(value, reference[key], err_msg=key)
+
+
 def test_draws_independent_of_shards(problem):
     root, cfg = problem
     res = cli("run", cfg, "--run-dir", root / "one_shard", "--set", "run.shard_size=4", cwd=root)

@@ -101,6 +101,11 @@ def prepare_run_dir(ctx: RunContext) -> bool:
     fp = _fingerprint(ctx)
     if rd.is_run_dir():
         rd.check_resumable(fp)
+        # a larger num_draws extends the run: the store's draw axis first, then run.json; both are
+        # idempotent and done on every resume, so an interrupted extension is finished (or, resumed
+        # with the old number, undone: no draw past it was written) by the next run
+        store.set_num_draws(rd.store, cfg.sampler.num_draws, config_mod.to_toml(cfg))
+        rd.record_fingerprint(fp)
         # the same results, but maybe a moved data file or other workers: later commands read this
         atomic_write(rd.config_file, config_mod.to_toml(cfg))
         return True

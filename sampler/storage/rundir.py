@@ -20,6 +20,7 @@ from typing import Iterator, Union
 
 from sampler.errors import UserError
 from sampler.storage import config as config_mod
+from sampler.storage.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -109,18 +110,32 @@ class RunDir:
         """``run.json``: {"fingerprint", "num_datasets", "shards", "algorithm"}."""
         return json.loads(self.run_file.read_text())
 
+    def record_fingerprint(self, fingerprint: dict) -> None:
+        """Replace ``run.json``'s fingerprint (after an extension), atomically."""
+        info = self.info()
+        if info["fingerprint"] != fingerprint:
+            atomic_write(self.run_file, json.dumps({**info, "fingerprint": fingerprint}, indent=1))
+
     def config(self) -> "config_mod.Config":
         return config_mod.load(self.config_file)
 
     def shards(self) -> list[Shard]:
         return [Shard(**s) for s in self.info()["shards"]]
 
+    #: the one result setting a resume may change: more draws extend the run (every draw's random
+    #: stream depends on its index alone, so the extended run equals one started with the larger
+    #: number, and the draws already written stay as they are).
+    EXTENDABLE = "sampler.num_draws"
+
     def check_resumable(self, fingerprint: dict) -> None:
-        """Raise ``UserError`` naming the first result-changing setting that differs from this run's."""
+        """Raise ``UserError`` naming the first result-changing setting that differs from this run's
+        (a larger ``sampler.num_draws`` is not a difference: it extends the run)."""
         old = self.info()["fingerprint"]
         for key in sorted(set(old) | set(fingerprint)):
             if key not in old and fingerprint[key] == config_mod.field_default(key):
                 continue  # a key added after this run dir was made, at its default: same results
+            if key == self.EXTENDABLE and fingerprint.get(key, 0) > old.get(key, 0):
+                continue
             if old.get(key) != fingerprint.get(key):
                 what = "the data file's content" if key == "data.sha256" else key
                 raise UserError(f"{self.path}: cannot resume: {what} changed (was {old.get(key)!r}, now "

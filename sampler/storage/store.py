@@ -76,6 +76,24 @@ def create(path: Path, model: AnyModel, *, num_chains: int, num_draws: int, num_
             a = _create(observed, name, arr.shape, (datasets_per_chunk, arr.shape[1]), "float64",
                         ("dataset", "emission"))
             a[...] = arr
+    _consolidate(path)
+
+
+def set_num_draws(path: Path, num_draws: int, config_toml: str) -> None:
+    """Give every posterior and sample-stat array a draw axis of ``num_draws`` (extending a run: the
+    draws written stay as they are, the new ones hold the fill value until sampled), record the
+    config, and rewrite the consolidated metadata xarray reads.  Idempotent, so a run interrupted
+    between these steps is completed by the next one."""
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    for group in BlockWriter.GROUPS:
+        for _, array in root[group].arrays():
+            if array.shape[1] != num_draws:
+                array.resize((array.shape[0], num_draws) + array.shape[2:])
+    root.attrs["config"] = config_toml
+    _consolidate(path)
+
+
+def _consolidate(path: Path) -> None:
     with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
         warnings.simplefilter("ignore", category=UserWarning)
         zarr.consolidate_metadata(str(path))
