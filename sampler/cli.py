@@ -10,7 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from sampler.errors import UserError
+from sampler.errors import UserError, environment_failure
+from sampler.execution.stop import Stopped
+
+#: exit codes: 2 bad input (config, data, arguments), 3 environmental failure (full disk, permissions, ...);
+#: a run stopped by a signal exits 128 + the signal (143 SIGTERM, 130 SIGINT).
+EXIT_BAD_INPUT, EXIT_ENVIRONMENT = 2, 3
 
 
 def _config_with_run_dir(args):
@@ -19,7 +24,9 @@ def _config_with_run_dir(args):
     overrides = list(args.set or [])
     if args.run_dir:
         overrides.append(f'run.dir="{Path(args.run_dir).resolve()}"')
-    return config.load(args.config, overrides)
+    cfg = config.load(args.config, overrides)
+    args.failure_path = cfg.run.dir   # named by an environmental failure that names no file
+    return cfg
 
 
 def _run(args) -> int:
@@ -217,7 +224,18 @@ def main(argv=None) -> int:
         return args.fn(args)
     except UserError as err:
         print(f"sampler: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except Stopped as err:
+        print(f"sampler: {err}: every completed block is stored and checkpointed; run the same command "
+              "again to resume", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # an OSError, or Ray's RayTaskError carrying one from an actor
+        message = environment_failure(err, getattr(args, "failure_path", None) or getattr(args, "dir", None)
+                                      or getattr(args, "out", None))
+        if message is None:
+            raise   # not environmental: a bug, whose traceback is the report
+        print(f"sampler: error: {message}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

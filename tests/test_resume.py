@@ -61,6 +61,33 @@ def test_sigkill_then_resume_equals_uninterrupted(problem):
     assert_same_draws(root / "reference", run_dir)
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_run_at_a_block_and_it_resumes(problem, signum, code):
+    """SIGTERM (preemption, ``ray job stop``) or SIGINT mid-run: the driver stops after the block it is
+    writing, within seconds, exit 128 + signal, one line on stderr saying how to resume, the lock
+    released; the completed blocks are checkpointed and a re-run ends bitwise equal to the reference."""
+    root, cfg = problem
+    run_dir = root / f"stopped-{signum.name}"
+    proc = subprocess.Popen([sys.executable, "-m", "sampler", "run", str(cfg), "--run-dir", str(run_dir)],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while draws_done(run_dir) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be stopped; make it longer"
+    sent = time.time()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - sent < 30
+    assert proc.returncode == code, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("sampler:")]
+    assert len(lines) == 1 and signum.name in lines[0] and "resume" in lines[0], err
+    assert "Traceback" not in err
+    assert 20 <= draws_done(run_dir) < 150
+    res = cli("run", cfg, "--run-dir", run_dir, cwd=root)   # the lock was released
+    assert res.returncode == 0, res.stderr
+    assert_same_draws(root / "reference", run_dir)
+
+
 def test_changed_config_refuses_to_resume(problem):
     root, cfg = problem
     before = read_store(root / "reference")

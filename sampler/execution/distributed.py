@@ -14,6 +14,7 @@ import ray
 from sampler.errors import UserError
 from sampler.execution import runner
 from sampler.execution.runner import RunContext
+from sampler.execution.stop import StopRequest
 from sampler.storage.config import Config
 from sampler.storage.rundir import Shard
 
@@ -78,14 +79,16 @@ def _new_worker(ctx: RunContext, gpus: float):
     return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir.path))
 
 
-def run_shards(ctx: RunContext, workers: int, progress) -> None:
+def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopRequest] = None) -> None:
     """Run every shard of ``ctx`` on ``workers`` Ray actors (Ray already started), updating
     ``progress`` (the driver's ``Progress``) from the shards' checkpoints.
 
     A worker that dies (process killed, node lost) is replaced by a new actor and its shard goes back
     to the front of the queue; the shard resumes from its last checkpoint.  Each failure is appended
     to ``DIR/events.jsonl`` (``sampler status`` counts them); a shard that fails more than
-    ``MAX_SHARD_RETRIES`` times stops the run.
+    ``MAX_SHARD_RETRIES`` times stops the run.  When ``stop`` is set (a signal to the driver) every
+    actor is killed, its block in flight dropped, and ``Stopped`` raised: each shard resumes from its
+    last checkpoint next time.
     """
     run_dir = ctx.run_dir
     gpus = worker_gpus()
@@ -99,6 +102,10 @@ def run_shards(ctx: RunContext, workers: int, progress) -> None:
     idle = [_new_worker(ctx, gpus) for _ in range(min(workers, len(queue)))]
     running: dict = {}  # object ref -> (worker, shard)
     while queue or running:
+        if stop is not None and stop.signum is not None:
+            for worker in idle + [w for w, _ in running.values()]:
+                ray.kill(worker, no_restart=True)
+            stop.check()
         while queue and idle:
             worker, shard = idle.pop(), queue.pop(0)
             running[worker.run.remote(shard)] = (worker, shard)

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from sampler.execution import runner
 from sampler.execution.runner import RunContext
+from sampler.execution.stop import StopRequest, stop_on_signals
 from sampler.storage.config import Config
 from sampler.storage.rundir import RunDir
 
@@ -50,7 +51,7 @@ class Progress:
         self.bar.close()
 
 
-def _run_in_process(ctx: RunContext, progress: Progress) -> None:
+def _run_in_process(ctx: RunContext, progress: Progress, stop: StopRequest) -> None:
     """Every shard, one after the other, in this process."""
     for shard in ctx.shards:
         done = 0
@@ -60,7 +61,7 @@ def _run_in_process(ctx: RunContext, progress: Progress) -> None:
             done += k
             progress.set_shard(shard.index, done)
 
-        runner.run_shard(ctx, shard, on_draws=on_draws)
+        runner.run_shard(ctx, shard, on_draws=on_draws, stop=stop)
 
 
 def start_ray_if_requested(workers: int, address: Optional[str]) -> bool:
@@ -79,22 +80,23 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
     """Sample every dataset of ``cfg`` (resuming an existing run dir).  Returns the run dir.
 
     ``workers = 0`` and no ``address``: in this process; otherwise on that many Ray actors (at least
-    one), on an embedded local Ray or the cluster at ``address``.
+    one), on an embedded local Ray or the cluster at ``address``.  SIGTERM / SIGINT stop it at the
+    next block boundary with ``stop.Stopped`` (``sampler.execution.stop``).
     """
     workers = cfg.run.workers if workers is None else workers
     use_ray = start_ray_if_requested(workers, address)
     ctx = RunContext(cfg, Path(cfg.run.dir))   # validates config and data: nothing written yet
     run_dir = ctx.run_dir
     run_dir.check_usable()
-    with run_dir.lock():
+    with run_dir.lock(), stop_on_signals() as stop:
         resumed = runner.prepare_run_dir(ctx)
         tracker = Progress(ctx, resumed, enabled=progress)
         try:
             if use_ray:
                 from sampler.execution import distributed
-                distributed.run_shards(ctx, max(workers, 1), tracker)
+                distributed.run_shards(ctx, max(workers, 1), tracker, stop)
             else:
-                _run_in_process(ctx, tracker)
+                _run_in_process(ctx, tracker, stop)
         finally:
             tracker.close()
     return run_dir.path

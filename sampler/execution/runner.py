@@ -20,6 +20,7 @@ import numpy as np
 
 from sampler.core import engine, kernels, models
 from sampler.core.precision import configure_jax, numpy_dtype
+from sampler.execution.stop import StopRequest
 from sampler.errors import UserError
 from sampler.storage import config as config_mod
 from sampler.storage import data as data_mod
@@ -259,11 +260,14 @@ def _write_draws(ctx: RunContext, shard: Shard, start: int, draws: engine.Draws,
     writer.write(start, shard.start, params, stats)
 
 
-def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], None]] = None) -> int:
+def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], None]] = None,
+              stop: Optional[StopRequest] = None) -> int:
     """Sample one shard to completion, resuming from its latest checkpoint.
 
     Each block is written while the next one computes (``iter_blocks``); a checkpoint is saved only
     after its draws are stored.  ``on_draws(k)`` is told the draws resumed from, then each block's.
+    ``stop`` is checked after each checkpoint (``Stopped`` is raised there: the block in flight is
+    dropped, everything before it kept).
 
     Returns the number of draws done (= num_draws).
     """
@@ -281,12 +285,15 @@ def run_shard(ctx: RunContext, shard: Shard, on_draws: Optional[Callable[[int], 
             # device samples them meanwhile instead of idling through the save
             blocks = itertools.chain([next(blocks)], blocks)
             ckpt.save(0, chains)
+        check_stop = stop.check if stop is not None else (lambda: None)
+        check_stop()  # a stop during the warmup ends here, the warmup checkpointed
         for block in blocks:
             _write_draws(ctx, shard, block.start, block.host_draws(), writer)
             ckpt.save(block.start + block.count, block.chains)
             done = block.start + block.count
             if on_draws:
                 on_draws(block.count)
+            check_stop()
         return done
     finally:
         ckpt.close()

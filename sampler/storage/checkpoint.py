@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sampler.errors import naming_path
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,10 @@ class ShardCheckpoints:
         return {f"{i:03d}": np.asarray(x) for i, x in enumerate(leaves) if np.size(x) > 0}
 
     def save(self, step: int, tree) -> None:
-        self._manager.save(step, args=ocp.args.StandardSave(self._to_dict(tree)), force=True)
-        self._manager.wait_until_finished()
+        """A failed save (full disk, no permission) raises an OSError naming this shard's checkpoint dir."""
+        with _quiet_if_failing(), naming_path(self.directory):
+            self._manager.save(step, args=ocp.args.StandardSave(self._to_dict(tree)), force=True)
+            self._manager.wait_until_finished()
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -66,3 +72,46 @@ class ShardCheckpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _drop_closed_loop_callback(unraisable) -> bool:
+    """tensorstore's late callbacks into an orbax event loop closed by a failed save."""
+    return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed")
+
+
+@contextmanager
+def _quiet_if_failing():
+    """Hold orbax's ERROR logs (with tracebacks, one per writer thread) and tensorstore's 'Event loop
+    is closed' reports while a save runs; on success they are emitted as usual, on failure dropped:
+    the exception raised says it once (the CLI makes it one line).  After a failure, late 'Event
+    loop is closed' reports stay dropped."""
+    held_records, held_unraisable = [], []
+    absl = logging.getLogger("absl")
+    previous_hook = sys.unraisablehook
+
+    def hold_record(record):
+        held_records.append(record)
+        return False
+
+    def hold_unraisable(unraisable):
+        if _drop_closed_loop_callback(unraisable):
+            held_unraisable.append(unraisable)
+        else:
+            previous_hook(unraisable)
+
+    absl.addFilter(hold_record)
+    sys.unraisablehook = hold_unraisable
+    try:
+        yield
+    except BaseException:
+        sys.unraisablehook = lambda u: None if _drop_closed_loop_callback(u) else previous_hook(u)
+        raise
+    else:
+        sys.unraisablehook = previous_hook
+        for unraisable in held_unraisable:
+            previous_hook(unraisable)
+    finally:
+        absl.removeFilter(hold_record)
+    for record in held_records:
+        absl.handle(record)

@@ -19,6 +19,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
 from sampler.core.models import AnyModel
+from sampler.errors import naming_path
 
 STATS = {  # name -> dtype
     "lp": "float64", "acceptance_rate": "float64", "diverging": "bool",
@@ -110,6 +111,7 @@ class BlockWriter:
     GROUPS = ("posterior", "sample_stats")
 
     def __init__(self, path: Path):
+        self._path = Path(path)
         root = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
         self._arrays = {(g, name): array.async_array for g in self.GROUPS for name, array in root[g].arrays()}
 
@@ -129,7 +131,8 @@ class BlockWriter:
                 k, n = value.shape[1], value.shape[2]
                 where = (slice(None), slice(draw_start, draw_start + k), slice(dataset_start, dataset_start + n))
                 writes.append(self._arrays[group, name].setitem(where, value))
-        sync(_all_or_first_error(writes))
+        with naming_path(self._path):  # zarr's OSError names no file: name the store
+            sync(_all_or_first_error(writes))
 
 
 async def _all_or_first_error(writes) -> None:
