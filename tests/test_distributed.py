@@ -109,7 +109,7 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
     shutil.rmtree(run_dir / "checkpoints" / "shard-00001" / str(NUM_DRAWS))
     ctx = runner.RunContext.from_run_dir(run_dir)
 
-    def fake_run_shard(ctx, shard, on_draws):  # what run_shard reports: resumed draws, then blocks
+    def fake_run_shard(ctx, shard, on_draws, stop=None):  # what run_shard reports: resumed draws, then blocks
         done = shard_steps(run_dir)[shard.index]
         on_draws(done)
         for _ in range(done, NUM_DRAWS, 10):

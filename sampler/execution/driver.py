@@ -51,7 +51,7 @@ class Progress:
         self.bar.close()
 
 
-def _run_in_process(ctx: RunContext, progress: Progress, stop: StopRequest) -> None:
+def _run_in_process(ctx: RunContext, progress: Progress, stop: Optional[StopRequest] = None) -> None:
     """Every shard, one after the other, in this process."""
     for shard in ctx.shards:
         done = 0
