@@ -98,3 +98,42 @@ def assert_same_draws(a: Path, b: Path, rtol: float = 0.0):
             np.testing.assert_allclose(sa[key], sb[key], rtol=rtol, atol=0, err_msg=key)
         else:
             np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+
+
+def sharded_problem(root: Path, num_draws: int) -> tuple[Path, Path]:
+    """3 shards of 2 datasets (``ROOT/c.toml``) and their in-process reference run
+    (``ROOT/reference``): (root, config)."""
+    np.savez(root / "d.npz", **simulate(6, T=30))
+    cfg = write_config(root / "c.toml", "d.npz", sampler={"num_draws": num_draws, "num_warmup": 10},
+                       run={"checkpoint_every": 10, "shard_size": 2})
+    res = cli("run", cfg, "--run-dir", root / "reference", cwd=root, timeout=400)
+    assert res.returncode == 0, res.stderr
+    return root, cfg
+
+
+def shard_steps(run_dir: Path) -> dict[int, int]:
+    """Shard index -> newest checkpoint step (draws in the store)."""
+    out = {}
+    for d in (run_dir / "checkpoints").glob("shard-*"):
+        steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()]
+        if steps:
+            out[int(d.name.split("-")[1])] = max(steps)
+    return out
+
+
+def busy_workers(root_pid: int) -> list:
+    """Ray actor processes under ``root_pid`` (a driver, or a node's `ray start`) that are running a
+    shard (Ray titles them ``ray::ShardWorker.run`` while the method executes)."""
+    import psutil
+    out = []
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for p in children:
+        try:
+            if " ".join(p.cmdline()).startswith("ray::ShardWorker.run"):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out

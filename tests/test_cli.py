@@ -15,6 +15,7 @@ def assert_bad_input(tmp_path, config: Path, *needles, extra=()):
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("sampler: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert "Traceback" not in res.stderr

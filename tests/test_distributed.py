@@ -5,20 +5,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from helpers import assert_same_draws, cli, read_store, simulate, write_config
+from helpers import assert_same_draws, busy_workers, cli, read_store, shard_steps, sharded_problem
+from ray_nodes import free_port, ray_env, start_head, stop_node
 
 NUM_DRAWS = 300
 
@@ -26,36 +24,7 @@ NUM_DRAWS = 300
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory):
     """3 shards of 2 datasets, and the in-process reference run."""
-    root = tmp_path_factory.mktemp("distributed")
-    np.savez(root / "d.npz", **simulate(6, T=30))
-    cfg = write_config(root / "c.toml", "d.npz", sampler={"num_draws": NUM_DRAWS, "num_warmup": 10},
-                       run={"checkpoint_every": 10, "shard_size": 2})
-    res = cli("run", cfg, "--run-dir", root / "reference", cwd=root, timeout=400)
-    assert res.returncode == 0, res.stderr
-    return root, cfg
-
-
-def shard_steps(run_dir: Path) -> dict[int, int]:
-    """Shard index -> newest checkpoint step (draws in the store)."""
-    out = {}
-    for d in (run_dir / "checkpoints").glob("shard-*"):
-        steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()]
-        if steps:
-            out[int(d.name.split("-")[1])] = max(steps)
-    return out
-
-
-def busy_workers(driver_pid: int) -> list[psutil.Process]:
-    """This driver's Ray actor processes that are running a shard (Ray titles them
-    ``ray::ShardWorker.run`` while the method executes)."""
-    out = []
-    for p in psutil.Process(driver_pid).children(recursive=True):
-        try:
-            if " ".join(p.cmdline()).startswith("ray::ShardWorker.run"):
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return sharded_problem(tmp_path_factory.mktemp("distributed"), NUM_DRAWS)
 
 
 @pytest.mark.timeout(600)
@@ -129,58 +98,17 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
     fresh.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def local_cluster():
-    """A Ray head on 127.0.0.1 with free ports and its own temp dir (``ray start --block``, so every
-    process of this cluster descends from the one we start); stopped through those pids only."""
+    """A one-node ``ray start --head`` cluster: (dashboard address, environment to join it)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths must fit
-    dashboard = free_port()
-    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
-             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
-    venv_bin = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this one
-    env["JAX_COMPILATION_CACHE_DIR"] = str(Path(env.get("JAX_COMPILATION_CACHE_DIR", ".venv/xla-cache")).resolve())
-    args = [str(venv_bin / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
-            f"--temp-dir={temp_dir}", "--disable-usage-stats"] + [f"{k}={v}" for k, v in ports.items()]
-    log = open(Path(temp_dir) / "head.log", "w")
-    head = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dashboard}"
+    head = None
     try:
-        deadline = time.time() + 120
-        while True:
-            assert head.poll() is None, (Path(temp_dir) / "head.log").read_text()
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
-                break
-            except urllib.error.HTTPError:  # it answers (401: Ray's token authentication is on)
-                break
-            except OSError:
-                pass
-            assert time.time() < deadline, "Ray head did not start"
-            time.sleep(0.5)
-        yield address
+        head, address, _ = start_head(temp_dir, num_cpus=2)
+        yield address, ray_env(temp_dir)
     finally:
-        procs = psutil.Process(head.pid).children(recursive=True) if head.poll() is None else []
-        head.terminate()  # its processes share its fate (Ray's kernel fate-sharing); leftovers killed below
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive:
-            p.kill()
-        log.close()
+        if head is not None:
+            stop_node(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -189,13 +117,14 @@ def test_submit_to_local_cluster(problem, local_cluster):
     holds the same draws as the in-process run (the reference's first 40 draws: each draw's random
     stream depends on its index only, and both run the same 10-draw block program)."""
     root, cfg = problem
+    address, env = local_cluster
     run_dir = root / "submitted"
-    res = cli("submit", cfg, "--address", local_cluster, "--run-dir", run_dir, "--workers", "1", "--wait",
-              "--set", "sampler.num_draws=40", cwd=root, timeout=300)
+    res = cli("submit", cfg, "--address", address, "--run-dir", run_dir, "--workers", "1", "--wait",
+              "--set", "sampler.num_draws=40", cwd=root, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     job_id = res.stdout.strip()
     assert job_id.startswith("raysubmit_")
-    assert f"ray job logs --follow {job_id} --address {local_cluster}" in res.stderr
+    assert f"ray job logs --follow {job_id} --address {address}" in res.stderr
     assert f"sampler status {run_dir}" in res.stderr
     status = json.loads(cli("status", run_dir, "--json").stdout)
     assert all(r["draws_done"] == 40 and r["failures"] == 0 for r in status)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
 from typing import Optional
 
 import ray
@@ -32,7 +31,7 @@ class ShardWorker:
         # CUDA_VISIBLE_DEVICES to the GPU it assigned, so JAX sees only that one
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         # the driver's config, not DIR/config.toml: a resumed run may read its data from a new path
-        self.ctx = RunContext(cfg, Path(run_dir))
+        self.ctx = RunContext(cfg, run_dir)
 
     def run(self, shard: Shard) -> int:
         return runner.run_shard(self.ctx, shard)
@@ -84,47 +83,95 @@ def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopReque
     ``progress`` (the driver's ``Progress``) from the shards' checkpoints.
 
     A worker that dies (process killed, node lost) is replaced by a new actor and its shard goes back
-    to the front of the queue; the shard resumes from its last checkpoint.  Each failure is appended
-    to ``DIR/events.jsonl`` (``sampler status`` counts them); a shard that fails more than
-    ``MAX_SHARD_RETRIES`` times stops the run.  When ``stop`` is set (a signal to the driver) every
-    actor is killed, its block in flight dropped, and ``Stopped`` raised: each shard resumes from its
-    last checkpoint next time.
+    to the front of the queue; the shard resumes from its last checkpoint.  A shard goes only to an
+    actor that is up: after a node is lost its replacement may wait for resources that left with
+    the node (or for the autoscaler), and meanwhile the surviving workers take the queue.  Each
+    failure is appended to ``DIR/events.jsonl`` (``sampler status`` counts them); a shard that fails
+    more than ``MAX_SHARD_RETRIES`` times stops the run.  When ``stop`` is set (a signal to the
+    driver) every actor is killed, its block in flight dropped, and ``Stopped`` raised: each shard
+    resumes from its last checkpoint next time.
     """
-    run_dir = ctx.run_dir
     gpus = worker_gpus()
     if gpus and GPUS_ENV not in os.environ:  # an actor waiting for a GPU that is not there would hold its shard
         fit = int(ray.cluster_resources()["GPU"] // gpus)
         if workers > fit:
             log.warning("%d workers requested but the cluster has %d GPUs; using %d", workers, fit, fit)
             workers = fit
+    pool = _WorkerPool(ctx, gpus)
     queue = list(ctx.shards)
     retries: dict[int, int] = {}
-    idle = [_new_worker(ctx, gpus) for _ in range(min(workers, len(queue)))]
+    for _ in range(min(workers, len(queue))):
+        pool.start()
     running: dict = {}  # object ref -> (worker, shard)
-    while queue or running:
-        if stop is not None and stop.signum is not None:
-            for worker in idle + [w for w, _ in running.values()]:
-                ray.kill(worker, no_restart=True)
-            stop.check()
-        while queue and idle:
-            worker, shard = idle.pop(), queue.pop(0)
-            running[worker.run.remote(shard)] = (worker, shard)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-        for ref in ready:
-            worker, shard = running.pop(ref)
-            try:
-                ray.get(ref)
-                idle.append(worker)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
-                retries[shard.index] = retries.get(shard.index, 0) + 1
-                resume_from = run_dir.shard_progress()[shard.index]["draws_done"]
-                run_dir.record_event(kind="shard_failed", shard=shard.index, error=type(err).__name__,
-                                    retry=retries[shard.index], resume_from=resume_from)
-                if retries[shard.index] > MAX_SHARD_RETRIES:
-                    raise RuntimeError(f"shard {shard.index} failed {retries[shard.index]} times; giving up") from err
-                log.warning("worker died on shard %d (%s); replacing it and resuming the shard from draw %d",
-                            shard.index, type(err).__name__, resume_from)
-                ray.kill(worker, no_restart=True)
-                idle.append(_new_worker(ctx, gpus))
-                queue.insert(0, shard)
-        progress.poll(run_dir)
+    try:
+        while queue or running:
+            if stop is not None and stop.signum is not None:
+                pool.kill_all([w for w, _ in running.values()])
+                stop.check()
+            while queue and pool.idle:
+                worker, shard = pool.idle.pop(), queue.pop(0)
+                running[worker.run.remote(shard)] = (worker, shard)
+            ready, _ = ray.wait(list(running) + list(pool.starting), num_returns=1, timeout=1.0)
+            for ref in ready:
+                if pool.started(ref):
+                    continue
+                worker, shard = running.pop(ref)
+                try:
+                    ray.get(ref)
+                    pool.idle.append(worker)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
+                    _record_failure(ctx.run_dir, shard, err, retries)
+                    ray.kill(worker, no_restart=True)
+                    pool.start()
+                    queue.insert(0, shard)
+            progress.poll(ctx.run_dir)
+    finally:
+        pool.kill_all([])  # replacements still waiting for a node, and the idle workers
+
+
+def _record_failure(run_dir, shard: Shard, err: BaseException, retries: dict[int, int]) -> None:
+    """Count a lost worker's shard failure in the event log; give up past ``MAX_SHARD_RETRIES``."""
+    retries[shard.index] = retries.get(shard.index, 0) + 1
+    resume_from = run_dir.shard_progress()[shard.index]["draws_done"]
+    run_dir.record_event(kind="shard_failed", shard=shard.index, error=type(err).__name__,
+                         retry=retries[shard.index], resume_from=resume_from)
+    if retries[shard.index] > MAX_SHARD_RETRIES:
+        raise RuntimeError(f"shard {shard.index} failed {retries[shard.index]} times; giving up") from err
+    log.warning("worker died on shard %d (%s); replacing it and resuming the shard from draw %d",
+                shard.index, type(err).__name__, resume_from)
+
+
+class _WorkerPool:
+    """The run's actors: ``starting`` (ready ref -> actor not yet up) and ``idle`` (up, no shard)."""
+
+    def __init__(self, ctx: RunContext, gpus: float):
+        self._ctx, self._gpus = ctx, gpus
+        self.starting: dict = {}
+        self.idle: list = []
+        self._failed_starts = 0
+
+    def start(self) -> None:
+        worker = _new_worker(self._ctx, self._gpus)
+        self.starting[worker.__ray_ready__.remote()] = worker
+
+    def started(self, ref) -> bool:
+        """Whether ``ref`` is a start-up; an actor that is up becomes idle, one that died starting
+        (its node lost) is started again, at most ``MAX_SHARD_RETRIES`` times in a run."""
+        worker = self.starting.pop(ref, None)
+        if worker is None:
+            return False
+        try:
+            ray.get(ref)
+            self.idle.append(worker)
+        except ray.exceptions.RayActorError as err:
+            self._failed_starts += 1
+            if self._failed_starts > MAX_SHARD_RETRIES:
+                raise RuntimeError(f"{self._failed_starts} workers failed to start; giving up") from err
+            log.warning("a worker failed to start (%s); starting another", type(err).__name__)
+            self.start()
+        return True
+
+    def kill_all(self, busy: list) -> None:
+        for worker in busy + self.idle + list(self.starting.values()):
+            ray.kill(worker, no_restart=True)
+        self.idle, self.starting = [], {}
