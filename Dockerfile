@@ -22,7 +22,7 @@ WORKDIR /opt/sampler
 # that editing the source does not re-download the multi-GB CUDA wheels.
 COPY pyproject.toml README.md ./
 RUN mkdir sampler && touch sampler/__init__.py \
-    && pip install ".[cuda]" \
+    && pip install ".[cuda,s3,gcs]" \
     && pip uninstall -y sampler \
     && rm -rf sampler
 

@@ -42,10 +42,31 @@ def _os_error(err: BaseException) -> Optional[OSError]:
     return (named or found or [None])[0]
 
 
+#: what fsspec's object-store clients raise when the store cannot be reached or refuses who we are
+#: (botocore/aiobotocore for s3fs, aiohttp for gcsfs and adlfs, google-auth); none is an OSError.
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ClientConnectorError", "ServerDisconnectedError", "NoCredentialsError", "PartialCredentialsError",
+                "DefaultCredentialsError", "RefreshError"}
+
+
+def _unreachable_store(err: BaseException, path) -> Optional[str]:
+    for e in _chain(err):
+        if type(e).__name__ in _UNREACHABLE:
+            where = f"{path}: " if path is not None else ""
+            detail = str(e).replace("\n", " ")
+            return (f"{where}cannot use the object store ({type(e).__name__}: {detail}); check its endpoint "
+                    "(AWS_ENDPOINT_URL, ...), credentials and network, then run the same command again "
+                    "(a run resumes: completed blocks are kept)")
+    return None
+
+
 def environment_failure(err: BaseException, fallback_path=None) -> Optional[str]:
     """The one-line message for an environmental failure (without ``sampler: error:``), or None
     when ``err`` is not one (a bug: the traceback is the right report).  ``fallback_path``: named when
     the OSError carries no file name (e.g. the run dir)."""
+    unreachable = _unreachable_store(err, fallback_path)
+    if unreachable is not None:
+        return unreachable
     os_err = _os_error(err)
     if os_err is None:
         return None
@@ -60,7 +81,7 @@ def environment_failure(err: BaseException, fallback_path=None) -> Optional[str]
     else:
         todo = "fix the file system problem"
     todo += ", then run the same command again (a run resumes: completed blocks are kept)"
-    where = f"{os.fspath(path)}: " if path is not None else ""
+    where = f"{str(path)}: " if path is not None else ""
     return f"{where}{reason}; {todo}".replace("\n", " ")
 
 
@@ -70,11 +91,11 @@ def os_error_with_path(err: BaseException, path) -> Optional[OSError]:
     if isinstance(err, OSError):
         if err.errno is None or err.filename is not None:
             return None
-        return OSError(err.errno, err.strerror or os.strerror(err.errno), os.fspath(path))
+        return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
     match = _TENSORSTORE_OS_ERROR.search(str(err))
     if match:
         code = int(match.group(1))
-        return OSError(code, os.strerror(code), os.fspath(path))
+        return OSError(code, os.strerror(code), str(path))
     return None
 
 

@@ -77,13 +77,13 @@ def test_kuberay_manifests_have_gpu_workers_and_a_shared_volume(name):
         assert group["groupName"] and group["replicas"] >= 1
 
 
-def test_dockerfile_installs_cuda_extra_with_dependencies_before_source():
+def test_dockerfile_installs_cuda_and_object_store_extras_before_source():
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.strip().startswith("#")]
     text = "\n".join(lines)
     assert lines[0].startswith("FROM ")
     assert lines[-2:] == ['ENTRYPOINT ["sampler"]', 'CMD ["--help"]']
-    deps = text.index('pip install ".[cuda]"')
+    deps = text.index('pip install ".[cuda,s3,gcs]"')  # GPU jax and the object-store filesystems
     assert text.index("COPY pyproject.toml") < deps < text.index("COPY sampler ")
     assert re.search(r"pip install --no-deps \.", text)
     ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()

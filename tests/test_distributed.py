@@ -93,7 +93,7 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
 
     fresh = driver.Progress(ctx, resumed=False)
     assert fresh.bar.initial == 0
-    fresh.poll(ctx.run_dir)  # Ray path: from the checkpoints
+    fresh.poll(ctx.run_dir, [0, 1, 2])  # Ray path: from the running shards' checkpoints
     assert fresh.bar.n == 6 * NUM_DRAWS - 2 * 10
     fresh.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 import uuid
 import warnings
@@ -28,6 +29,7 @@ from sampler.core.predictive import Moments, compiled_pass
 from sampler.errors import UserError
 from sampler.execution.runner import RunContext
 from sampler.storage.data import to_data_scale
+from sampler.storage.location import remove_tree
 from sampler.storage.rundir import RunDir
 
 GROUP = "forecast"
@@ -153,7 +155,9 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
     attrs = {"horizon": horizon, "burn_in": burn_in, "thin": thin, "chains": chains,
              "draws_per_chain": len(keep), "draws_available": available,
              "combined_by": "law of total variance over posterior draws"}
-    tmp = rd.scratch(f"{GROUP}.tmp-{uuid.uuid4().hex}")
+    # built beside the store and renamed into place; on an object store built locally and uploaded
+    name = f"{GROUP}.tmp-{uuid.uuid4().hex}"
+    tmp = Path(tempfile.mkdtemp(prefix="sampler-")) / name if rd.is_remote else rd.scratch(name)
     try:
         arrays = _create_group(tmp, N, M, T, D, horizon, ds_read, data.has_sequences, attrs, names_of_components)
         for a, b in _blocks(N, ds_read):
@@ -171,7 +175,7 @@ def forecast_run(run_dir: Path, *, horizon: int = 50, burn_in: int = 0, thin: in
                 _write_components(arrays, parts, data, a, b)
         _swap_in(tmp, rd)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent if rd.is_remote else tmp, ignore_errors=True)
     written = plots.plot_run(rd.path, plot or [], ctx)
     return {"store": str(rd.store), "group": GROUP, "datasets": N, "sequences": M, "chains": chains,
             "draws_per_chain": int(len(keep)), "draws": int(len(keep) * chains), "horizon": horizon,
@@ -263,14 +267,21 @@ def _create_group(path: Path, N: int, M: int, T: int, D: int, horizon: int, chun
 
 def _swap_in(new: Path, run_dir: RunDir) -> None:
     """Replace the store's group directory by ``new`` (renames on one filesystem), then re-consolidate
-    the store's metadata, under the group's lock so that two forecasts do not interleave."""
+    the store's metadata, under the group's lock so that two forecasts do not interleave.  On an object
+    store the old group is deleted and the new one uploaded: a forecast interrupted in between leaves
+    no group (run it again), never a mixed one."""
     target = run_dir.store / GROUP
     with run_dir.group_lock(GROUP):
-        old = run_dir.scratch(f"{GROUP}.old-{uuid.uuid4().hex}")
-        if target.exists():
-            os.rename(target, old)
-        os.rename(new, target)
+        if run_dir.is_remote:
+            remove_tree(target)
+            target.fs.put(str(new), target.path, recursive=True)
+        else:
+            old = run_dir.scratch(f"{GROUP}.old-{uuid.uuid4().hex}")
+            if target.exists():
+                os.rename(target, old)
+            os.rename(new, target)
         with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
             warnings.simplefilter("ignore", category=UserWarning)
             zarr.consolidate_metadata(str(run_dir.store))
-        shutil.rmtree(old, ignore_errors=True)
+        if not run_dir.is_remote:
+            shutil.rmtree(old, ignore_errors=True)

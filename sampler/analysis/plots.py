@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,6 +27,8 @@ from sampler.core.leaves import LEAVES  # noqa: E402
 from sampler.core.model import params_from_leaves  # noqa: E402
 from sampler.execution.runner import RunContext  # noqa: E402
 from sampler.storage.data import to_data_scale  # noqa: E402
+from sampler.storage.files import atomic_write  # noqa: E402
+from sampler.storage.location import location  # noqa: E402
 from sampler.storage.rundir import RunDir  # noqa: E402
 
 #: emission dimensions drawn in a forecast figure, and sequences of a dataset drawn.
@@ -157,14 +159,14 @@ def diagnostics_overview(path: Path, summary: dict) -> Path:
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
-    """Lay out, write atomically (a temporary file renamed into place) and close a figure."""
-    path = Path(path)
+    """Lay out, write atomically (``files.atomic_write``: local or object store) and close a figure."""
+    path = location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
     return path
 
 

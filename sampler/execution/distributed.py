@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from typing import Optional
 
@@ -72,16 +73,21 @@ def worker_gpus() -> float:
     return gpus
 
 
-def _new_worker(ctx: RunContext, gpus: float):
+def _new_worker(actor, ctx: RunContext, gpus: float):
     """A fresh actor with one CPU and ``gpus`` GPUs, never restarted by Ray (the queue replaces it and
     re-queues its shard)."""
-    return ShardWorker.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir.path))
+    return actor.options(num_gpus=gpus, num_cpus=1, max_restarts=0).remote(ctx.cfg, str(ctx.run_dir.path))
 
 
-def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopRequest] = None) -> None:
+def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopRequest] = None,
+               actor=None) -> None:
     """Run every shard of ``ctx`` on ``workers`` Ray actors (Ray already started), updating
-    ``progress`` (the driver's ``Progress``) from the shards' checkpoints.
+    ``progress`` (the driver's ``Progress``) from the running shards' checkpoints, at most once a
+    second, so the driver's work per second is bounded by the workers, not the shards.  ``actor``:
+    the actor class (``ShardWorker``; a scheduling test passes one that only sleeps).
 
+    Workers take shards from one queue as they finish, so a slow worker (a straggler) holds up only
+    the shard it is running.
     A worker that dies (process killed, node lost) is replaced by a new actor and its shard goes back
     to the front of the queue; the shard resumes from its last checkpoint.  A shard goes only to an
     actor that is up: after a node is lost its replacement may wait for resources that left with
@@ -97,12 +103,13 @@ def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopReque
         if workers > fit:
             log.warning("%d workers requested but the cluster has %d GPUs; using %d", workers, fit, fit)
             workers = fit
-    pool = _WorkerPool(ctx, gpus)
+    pool = _WorkerPool(ctx, gpus, actor or ShardWorker)
     queue = list(ctx.shards)
     retries: dict[int, int] = {}
     for _ in range(min(workers, len(queue))):
         pool.start()
     running: dict = {}  # object ref -> (worker, shard)
+    polled = 0.0
     try:
         while queue or running:
             if stop is not None and stop.signum is not None:
@@ -117,14 +124,16 @@ def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopReque
                     continue
                 worker, shard = running.pop(ref)
                 try:
-                    ray.get(ref)
+                    progress.set_shard(shard.index, ray.get(ref))
                     pool.idle.append(worker)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                     _record_failure(ctx.run_dir, shard, err, retries)
                     ray.kill(worker, no_restart=True)
                     pool.start()
                     queue.insert(0, shard)
-            progress.poll(ctx.run_dir)
+            if time.monotonic() - polled >= 1.0:
+                progress.poll(ctx.run_dir, [shard.index for _, shard in running.values()])
+                polled = time.monotonic()
     finally:
         pool.kill_all([])  # replacements still waiting for a node, and the idle workers
 
@@ -132,7 +141,7 @@ def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopReque
 def _record_failure(run_dir, shard: Shard, err: BaseException, retries: dict[int, int]) -> None:
     """Count a lost worker's shard failure in the event log; give up past ``MAX_SHARD_RETRIES``."""
     retries[shard.index] = retries.get(shard.index, 0) + 1
-    resume_from = run_dir.shard_progress()[shard.index]["draws_done"]
+    resume_from = (run_dir.checkpoint_steps(shard.index) or [0])[-1]
     run_dir.record_event(kind="shard_failed", shard=shard.index, error=type(err).__name__,
                          retry=retries[shard.index], resume_from=resume_from)
     if retries[shard.index] > MAX_SHARD_RETRIES:
@@ -144,14 +153,14 @@ def _record_failure(run_dir, shard: Shard, err: BaseException, retries: dict[int
 class _WorkerPool:
     """The run's actors: ``starting`` (ready ref -> actor not yet up) and ``idle`` (up, no shard)."""
 
-    def __init__(self, ctx: RunContext, gpus: float):
-        self._ctx, self._gpus = ctx, gpus
+    def __init__(self, ctx: RunContext, gpus: float, actor):
+        self._ctx, self._gpus, self._actor = ctx, gpus, actor
         self.starting: dict = {}
         self.idle: list = []
         self._failed_starts = 0
 
     def start(self) -> None:
-        worker = _new_worker(self._ctx, self._gpus)
+        worker = _new_worker(self._actor, self._ctx, self._gpus)
         self.starting[worker.__ray_ready__.remote()] = worker
 
     def started(self, ref) -> bool:

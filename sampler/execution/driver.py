@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from tqdm import tqdm
 
@@ -42,10 +42,10 @@ class Progress:
             self.bar.update((draws_done - self.done[index]) * self.sizes[index])
             self.done[index] = draws_done
 
-    def poll(self, run_dir: RunDir) -> None:
-        """Update every shard from its checkpoints (used while Ray workers run the shards)."""
-        for p in run_dir.shard_progress():
-            self.set_shard(p["shard"], p["draws_done"])
+    def poll(self, run_dir: RunDir, shards: Iterable[int]) -> None:
+        """Update the given (running) shards from their checkpoints (used while Ray workers run them)."""
+        for index in shards:
+            self.set_shard(index, (run_dir.checkpoint_steps(index) or [0])[-1])
 
     def close(self) -> None:
         self.bar.close()
@@ -85,7 +85,7 @@ def execute(cfg: Config, *, workers: Optional[int] = None, address: Optional[str
     """
     workers = cfg.run.workers if workers is None else workers
     use_ray = start_ray_if_requested(workers, address)
-    ctx = RunContext(cfg, Path(cfg.run.dir))   # validates config and data: nothing written yet
+    ctx = RunContext(cfg, cfg.run.dir)   # validates config and data: nothing written yet
     run_dir = ctx.run_dir
     run_dir.check_usable()
     with run_dir.lock(), stop_on_signals() as stop:

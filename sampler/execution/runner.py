@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import threading
 from functools import cached_property
 from importlib import metadata
@@ -28,6 +27,7 @@ from sampler.storage import store
 from sampler.storage.checkpoint import ShardCheckpoints
 from sampler.storage.config import Config
 from sampler.storage.files import atomic_write
+from sampler.storage.location import remove_tree
 from sampler.storage.rundir import RunDir, Shard, plan_shards
 
 
@@ -112,9 +112,11 @@ def prepare_run_dir(ctx: RunContext) -> bool:
         return True
     rd.check_usable()
     rd.path.mkdir(parents=True, exist_ok=True)
-    tmp_store = rd.scratch(RunDir.STORE + ".tmp")
-    shutil.rmtree(tmp_store, ignore_errors=True)
-    store.create(tmp_store, ctx.model, num_chains=cfg.sampler.num_chains, num_draws=cfg.sampler.num_draws,
+    # locally the store is built beside the run dir's and renamed into place; an object store has
+    # no rename, so it is built in place (an interrupted creation is overwritten by the next run)
+    new_store = rd.store if rd.is_remote else rd.scratch(RunDir.STORE + ".tmp")
+    remove_tree(new_store)
+    store.create(new_store, ctx.model, num_chains=cfg.sampler.num_chains, num_draws=cfg.sampler.num_draws,
                  num_datasets=data.num_datasets, draws_per_chunk=min(cfg.run.checkpoint_every, cfg.sampler.num_draws),
                  datasets_per_chunk=ctx.shard_size, emissions=data.emissions, inputs=data.inputs,
                  has_sequences=data.has_sequences, center=data.center, scale=data.scale, labels=data.labels,
@@ -124,7 +126,8 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                         "num_warmup": cfg.sampler.num_warmup, "seed": cfg.sampler.seed,
                         "dtype": cfg.sampler.dtype, "versions": _versions(),
                         "config": config_mod.to_toml(cfg)})
-    os.replace(tmp_store, rd.store)
+    if new_store != rd.store:
+        os.replace(new_store, rd.store)
     atomic_write(rd.config_file, config_mod.to_toml(cfg))
     rd.plots.mkdir(exist_ok=True)
     # run.json last: its presence marks a complete, resumable run dir

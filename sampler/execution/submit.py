@@ -32,6 +32,7 @@ from sampler.errors import UserError
 from sampler.execution.distributed import GPUS_ENV
 from sampler.execution.runner import RunContext
 from sampler.storage import config
+from sampler.storage.location import is_url
 
 #: the ``sampler`` package directory, shipped to the cluster as a ``py_module``
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -41,11 +42,12 @@ def _validate(config_path, overrides: list[str], run_dir: Optional[str]):
     """The resolved config (its run dir replaced by ``run_dir``), after loading and checking its data
     as ``sampler run`` would.  Raises ``UserError``."""
     if run_dir is not None:
-        if not Path(run_dir).is_absolute():
-            raise UserError(f"--run-dir {run_dir}: must be an absolute path on the cluster's shared filesystem")
+        if not (is_url(run_dir) or Path(run_dir).is_absolute()):
+            raise UserError(f"--run-dir {run_dir}: must be an absolute path on the cluster's shared filesystem "
+                            "or an object-store URL")
         overrides = overrides + [f"run.dir={json.dumps(run_dir)}"]
     cfg = config.load(config_path, overrides)
-    RunContext(cfg, Path(cfg.run.dir))  # reads and validates the data file; writes nothing
+    RunContext(cfg, cfg.run.dir)  # reads and validates the data file; writes nothing
     return cfg
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sampler.errors import UserError
 from sampler.core.leaves import LEAVES, store_name
 from sampler.core.structural.components import KINDS, Component, check_component
+from sampler.storage import location
 
 
 class _Section(BaseModel):
@@ -229,13 +230,11 @@ def from_dict(raw: dict, source: str = "config", base_dir: Optional[Path] = None
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise UserError(_format_validation_error(err, source)) from None
-    if base_dir is not None:
-        data_path = Path(cfg.data.path)
-        if not data_path.is_absolute():
-            cfg.data.path = str((base_dir / data_path).resolve())
-        run_dir = Path(cfg.run.dir)
-        if not run_dir.is_absolute():
-            cfg.run.dir = str((base_dir / run_dir).resolve())
+    if base_dir is not None:  # relative local paths are relative to the config file; URLs stay
+        for section, key in (("data", "path"), ("run", "dir")):
+            value = getattr(getattr(cfg, section), key)
+            if not location.is_url(value) and not Path(value).is_absolute():
+                setattr(getattr(cfg, section), key, str((base_dir / value).resolve()))
     return cfg
 
 
@@ -248,7 +247,7 @@ def load(path, overrides: Optional[list[str]] = None, **settings) -> Config:
         settings: dotted-key overrides as Python values with ``__`` for dots,
             e.g. ``sampler__num_draws=200`` (the Python API's ``**overrides``).
     """
-    path = Path(path)
+    path = location.location(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
@@ -256,7 +255,8 @@ def load(path, overrides: Optional[list[str]] = None, **settings) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML: {err}") from None
     apply_overrides(raw, list(overrides or []), settings)
-    return from_dict(raw, str(path), path.parent.resolve())
+    # a run dir's config.toml holds absolute paths or URLs: one on an object store needs no base
+    return from_dict(raw, str(path), None if location.is_remote(path) else path.parent.resolve())
 
 
 def to_toml(cfg: Config) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 
 from sampler.core.leaves import LEAVES, RANDOM_DEFAULT, leaf_shape, store_name
 from sampler.errors import UserError
+from sampler.storage import location
 from sampler.storage.config import Config, ModelConfig
 from sampler.storage.panels import TABLE_SUFFIXES, XARRAY_SUFFIXES, read_table, read_xarray
 
@@ -261,9 +262,12 @@ def _variable_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tu
 
 def load(cfg: Config) -> Datasets:
     """Read and validate the data file named by ``cfg.data.path``.  Raises ``UserError``."""
-    path = Path(cfg.data.path)
-    arrays, labels, times = _read_arrays(path, cfg)
-    digest = _digest(path)
+    path = location.location(cfg.data.path)
+    if location.is_remote(path) and not path.exists():
+        raise UserError(f"data.path: file not found: {path}")
+    with location.local_file(path) as local:  # numpy, pandas and xarray read local files
+        arrays, labels, times = _read_arrays(local, cfg)
+        digest = _digest(local)
     has_sequences = np.ndim(arrays.get("emissions")) == 4
     emissions = _emissions(arrays, path, cfg, labels)
     center = scale = None

@@ -20,7 +20,9 @@ from typing import Iterator, Union
 
 from sampler.errors import UserError
 from sampler.storage import config as config_mod
+from sampler.storage import location
 from sampler.storage.files import atomic_write
+from sampler.storage.lease import Lease
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,11 @@ class RunDir:
     LOCK = ".lock"
 
     def __init__(self, path: Union[str, Path]):
-        self.path = Path(path)
+        self.path = location.location(path)  # a local path, or a UPath on an object store
+
+    @property
+    def is_remote(self) -> bool:
+        return location.is_remote(self.path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -90,7 +96,7 @@ class RunDir:
 
     # --- state -------------------------------------------------------------------------------------
     def is_run_dir(self) -> bool:
-        return self.run_file.is_file()
+        return location.exists(self.run_file) if self.is_remote else self.run_file.is_file()
 
     def require(self) -> "RunDir":
         """This run dir, or a ``UserError`` when it is not one."""
@@ -99,10 +105,12 @@ class RunDir:
         return self
 
     def check_usable(self) -> None:
-        """Refuse a directory that exists, is not empty and is not a run dir (before writing anything)."""
-        if self.is_run_dir() or not self.path.exists():
+        """Refuse a directory that exists, is not empty and is not a run dir (before writing anything);
+        what an interrupted creation of a run dir leaves (its lock, store, config) is not refused."""
+        if self.is_run_dir() or not location.exists(self.path):
             return
-        if any(p.name != self.LOCK for p in self.path.iterdir()):
+        ours = {self.LOCK, self.scratch(self.STORE + ".tmp").name, self.STORE, self.CONFIG, "plots"}
+        if any(p.name not in ours for p in self.path.iterdir()):
             raise UserError(f"{self.path}: exists and is not a sampler run dir (no {self.RUN_FILE}); "
                             "choose an empty or new dir")
 
@@ -142,8 +150,7 @@ class RunDir:
                                 f"{fingerprint.get(key)!r}); use a new --run-dir or restore the setting")
 
     def checkpoint_steps(self, shard: int) -> list[int]:
-        d = self.checkpoints(shard)
-        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+        return committed_steps(self.checkpoints(shard))
 
     def shard_progress(self) -> list[dict]:
         """Per shard: datasets, warmup done, draws done, checkpoint steps, failures (from the
@@ -171,12 +178,21 @@ class RunDir:
     def record_event(self, **event) -> None:
         """Append one JSON line to the event log (shard failures and retries, for ``sampler status``)."""
         event["time"] = time.time()
-        with open(self.events, "a") as f:
-            f.write(json.dumps(event) + "\n")
+        location.append_line(self.events, json.dumps(event))
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive lock on the run dir for one driver; released even if the process is killed."""
+        """Exclusive lock on the run dir for one driver; released even if the process is killed (on
+        an object store: a lease, ``sampler.storage.lease``, which a killed driver's successor takes
+        over)."""
+        if self.is_remote:
+            held = Lease(self.path / self.LOCK, self.path)
+            held.acquire()
+            try:
+                yield
+            finally:
+                held.release()
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -192,10 +208,34 @@ class RunDir:
 
     @contextmanager
     def group_lock(self, group: str) -> Iterator[None]:
-        """Blocking lock serialising writers of one derived store group (``forecast``)."""
+        """Lock serialising writers of one derived store group (``forecast``): blocking locally, a
+        lease on an object store (a second writer is refused)."""
+        if self.is_remote:
+            held = Lease(self.scratch(f"{group}.lock"), self.path)
+            held.acquire()
+            try:
+                yield
+            finally:
+                held.release()
+            return
         with open(self.scratch(f"{group}.lock"), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
+
+
+#: on an object store, the marker object written after a checkpoint's files (``<step>.committed``,
+#: beside the step's directory): locally orbax renames a finished checkpoint into place instead.
+COMMITTED = ".committed"
+
+
+def committed_steps(directory: Path) -> list[int]:
+    """The complete checkpoints in a shard's checkpoint directory, oldest first."""
+    if not directory.exists():
+        return []
+    names = [p.name for p in directory.iterdir()]
+    if location.is_remote(directory):
+        names = [n[:-len(COMMITTED)] for n in names if n.endswith(COMMITTED)]
+    return sorted(int(n) for n in names if n.isdigit())
 
 
 def format_status(run_dir: RunDir) -> str:

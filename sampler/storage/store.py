@@ -111,7 +111,7 @@ class BlockWriter:
     GROUPS = ("posterior", "sample_stats")
 
     def __init__(self, path: Path):
-        self._path = Path(path)
+        self._path = path
         root = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
         self._arrays = {(g, name): array.async_array for g in self.GROUPS for name, array in root[g].arrays()}
 
