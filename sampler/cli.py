@@ -23,8 +23,8 @@ def _config_with_run_dir(args):
     from sampler.storage import config
     overrides = list(args.set or [])
     if args.run_dir:
-        from sampler.storage.location import is_url
-        run_dir = args.run_dir if is_url(args.run_dir) else Path(args.run_dir).resolve()
+        from sampler.storage.location import is_url, location
+        run_dir = args.run_dir if is_url(args.run_dir) else location(args.run_dir).resolve()
         overrides.append(f'run.dir="{run_dir}"')
     cfg = config.load(args.config, overrides)
     args.failure_path = cfg.run.dir   # named by an environmental failure that names no file

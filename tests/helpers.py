@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -137,3 +139,27 @@ def busy_workers(root_pid: int) -> list:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+@contextmanager
+def cli_process(*args, cwd=None, env=None):
+    """``python -m sampler ARGS`` started in the background (stderr piped, text); killed on exit from
+    the block if it is still running."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.Popen([sys.executable, "-m", "sampler", *map(str, args)], cwd=cwd, env=full_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_while_running(proc, ready, timeout: float = 400, what: str = "the run ended too soon; make it longer"):
+    """Poll ``ready()`` every 50 ms until it is true; fail if ``proc`` ends or ``timeout`` passes first."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, what
+        time.sleep(0.05)

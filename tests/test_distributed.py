@@ -2,20 +2,17 @@
 checkpoint (the store equals the uninterrupted run); the aggregated progress bar over resumed runs;
 `sampler submit` to a real local `ray start --head` cluster."""
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from helpers import assert_same_draws, busy_workers, cli, read_store, shard_steps, sharded_problem
+from helpers import (assert_same_draws, busy_workers, cli, cli_process, read_store, shard_steps, sharded_problem,
+                     wait_while_running)
 from ray_nodes import free_port, ray_env, start_head, stop_node
 
 NUM_DRAWS = 300
@@ -31,28 +28,15 @@ def problem(tmp_path_factory):
 def test_killed_worker_is_replaced_and_shard_resumes(problem):
     root, cfg = problem
     run_dir = root / "worker_killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sampler", "run", str(cfg), "--run-dir", str(run_dir),
-                             "--workers", "2"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
+    with cli_process("run", cfg, "--run-dir", run_dir, "--workers", "2", cwd=root) as proc:
         # kill a worker once the first two shards (one per worker) are both past 20 draws
-        deadline = time.time() + 400
-        victim = None
-        while time.time() < deadline and proc.poll() is None:
-            steps = shard_steps(run_dir) if (run_dir / "checkpoints").exists() else {}
-            busy = busy_workers(proc.pid)
-            if min(steps.get(0, 0), steps.get(1, 0)) >= 20 and busy:
-                victim = busy[0]
-                victim.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        assert victim is not None, "no worker was killed; make the run longer"
-        assert max(steps.values()) < NUM_DRAWS
-        out, err = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        def both_past_20():
+            steps = shard_steps(run_dir)
+            return min(steps.get(0, 0), steps.get(1, 0)) >= 20 and busy_workers(proc.pid)
+        wait_while_running(proc, both_past_20)
+        busy_workers(proc.pid)[0].send_signal(signal.SIGKILL)
+        assert max(shard_steps(run_dir).values()) < NUM_DRAWS
+        _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
     assert "worker died on shard" in err
     assert_same_draws(root / "reference", run_dir)
@@ -153,3 +137,30 @@ def test_bad_worker_gpus_is_one_line_and_writes_nothing(problem):
     assert res.stderr.strip().splitlines() == [
         "sampler: error: $SAMPLER_WORKER_GPUS='one': expected the number of GPUs per worker, e.g. 1"]
     assert not (root / "bad_gpus").exists()
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_stops_the_driver_and_its_ray_workers(problem):
+    """SIGTERM to a driver running 2 Ray workers mid-run: exit 143 within 30 s with one line saying how
+    to resume, no traceback, every actor process gone; the re-run (in-process: the same draws) ends
+    bitwise equal to the reference."""
+    root, cfg = problem
+    run_dir = root / "sigterm_ray"
+    with cli_process("run", cfg, "--run-dir", run_dir, "--workers", "2", cwd=root) as proc:
+        wait_while_running(proc, lambda: max(shard_steps(run_dir).values(), default=0) >= 20
+                           and len(busy_workers(proc.pid)) == 2)
+        workers = busy_workers(proc.pid)
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert time.time() - sent < 30
+    assert proc.returncode == 143, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("sampler:")]
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and "resume" in lines[0], err
+    assert "Traceback" not in err
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, alive
+    assert min(shard_steps(run_dir).values()) < NUM_DRAWS
+    res = cli("run", cfg, "--run-dir", run_dir, "--workers", "0", cwd=root, timeout=400)
+    assert res.returncode == 0, res.stderr
+    assert_same_draws(root / "reference", run_dir)

@@ -6,7 +6,6 @@ refused by the lease; the re-run takes the dead driver's lease over and the stor
 in-process run bitwise; status, summary and an extension work on the URL; an unreachable store is
 one line and exit 3."""
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_same_draws, cli, simulate, write_config
+from helpers import assert_same_draws, cli, cli_process, simulate, wait_while_running, write_config
 
 NUM_DRAWS = 200
 
@@ -93,31 +92,17 @@ def test_killed_driver_resumes_bitwise_and_a_second_driver_is_refused(s3, proble
     env, fs = s3
     root, cfg = problem
     url = "s3://bkt/runs/killed"
-    full_env = {**os.environ, **env}
-    proc = subprocess.Popen([sys.executable, "-m", "sampler", "run", str(cfg), "--run-dir", url], cwd=root,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, killed = time.time() + 300, False
-        while time.time() < deadline and proc.poll() is None:
-            steps = _steps(fs, url)
-            if steps and min(steps) >= 20:
-                second = cli("run", cfg, "--run-dir", url, cwd=root, env=env, timeout=300)
-                assert second.returncode == 2, second.stderr
-                lines = second.stderr.strip().splitlines()
-                assert len(lines) == 1 and lines[0].startswith(
-                    f"sampler: error: {url}: another sampler process is running on this run dir (host "
-                    f"{socket.gethostname()}, pid {proc.pid};"), lines
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.2)
-        assert killed, "the driver was not killed mid-run; make the run longer"
+    with cli_process("run", cfg, "--run-dir", url, cwd=root, env=env) as proc:
+        wait_while_running(proc, lambda: min(_steps(fs, url), default=0) >= 20)
+        second = cli("run", cfg, "--run-dir", url, cwd=root, env=env, timeout=300)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"sampler: error: {url}: another sampler process is running on this run dir (host "
+            f"{socket.gethostname()}, pid {proc.pid};"), lines
+        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         assert min(_steps(fs, url)) < NUM_DRAWS
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert fs.exists("bkt/runs/killed/.lock")  # the killed driver's lease is left behind...
     res = cli("run", cfg, "--run-dir", url, cwd=root, env=env, timeout=400)
     assert res.returncode == 0, res.stderr  # ...and taken over: its process is gone
@@ -175,3 +160,17 @@ def test_lease_of_another_host(s3, monkeypatch):
     assert json.loads(fs.cat("bkt/runs/leased/.lock"))["owner"] == lease.owner
     lease.release()
     assert not fs.exists("bkt/runs/leased/.lock")
+
+
+def test_file_urls_are_local_paths(tmp_path):
+    """``file://`` URLs in the config and on the command line are the local paths they name."""
+    from sampler.storage import config
+    from sampler.storage.rundir import RunDir
+    cfg = config.load(write_config(tmp_path / "c.toml", f"file://{tmp_path}/d.npz",
+                                   run={"dir": f"file://{tmp_path}/run"}))
+    assert (cfg.data.path, cfg.run.dir) == (str(tmp_path / "d.npz"), str(tmp_path / "run"))
+    assert RunDir(f"file://{tmp_path}/run").path == tmp_path / "run"
+    assert not RunDir(f"file://{tmp_path}/run").is_remote
+    cfg = config.load(write_config(tmp_path / "c.toml", "d.npz", run={"dir": "s3://bkt/x"}))
+    assert (cfg.data.path, cfg.run.dir) == (str(tmp_path / "d.npz"), "s3://bkt/x")
+    assert RunDir("s3://bkt/x").is_remote

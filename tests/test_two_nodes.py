@@ -5,16 +5,13 @@ node (its whole process tree, SIGKILL) mid-run and completes on the head with th
 to the in-process run.  Both nodes are stopped through their own pids afterwards."""
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import assert_same_draws, busy_workers, cli, read_store, shard_steps, sharded_problem
+from helpers import (assert_same_draws, busy_workers, cli, cli_process, read_store, shard_steps, sharded_problem,
+                     wait_while_running)
 from ray_nodes import kill_node, ray_env, start_head, start_worker_node, stop_node, wait_for_nodes
 
 NUM_DRAWS = 300
@@ -46,22 +43,17 @@ def two_nodes():
 def test_submit_runs_on_both_nodes(problem, two_nodes):
     root, cfg = problem
     run_dir = root / "submitted"
-    proc = subprocess.Popen([sys.executable, "-m", "sampler", "submit", str(cfg), "--address",
-                             two_nodes["dashboard"], "--run-dir", str(run_dir), "--workers", "2", "--wait",
-                             "--set", "sampler.num_draws=60"],
-                            cwd=root, env=ray_env(two_nodes["temp_dir"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = set()
-    try:
-        while proc.poll() is None and len(seen) < 2:
-            seen |= {name for name in ("head", "second") if busy_workers(two_nodes[name].pid)}
-            time.sleep(0.05)
-        out, err = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def on_both_nodes():
+        seen.update(name for name in ("head", "second") if busy_workers(two_nodes[name].pid))
+        return len(seen) == 2
+
+    with cli_process("submit", cfg, "--address", two_nodes["dashboard"], "--run-dir", run_dir, "--workers", "2",
+                     "--wait", "--set", "sampler.num_draws=60", cwd=root, env=ray_env(two_nodes["temp_dir"])) as proc:
+        wait_while_running(proc, on_both_nodes, what=f"shards ran on {seen} only")
+        _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]
-    assert seen == {"head", "second"}, f"shards ran on {seen} only"
     assert "RAY_AUTH_MODE=token ray job logs" in err  # submit found and sent the cluster's token
     got, want = read_store(run_dir), read_store(root / "reference")
     for key in want:
@@ -75,27 +67,16 @@ def test_losing_a_node_mid_run(problem, two_nodes):
     shard; the lost shard resumes from its checkpoint, the store equals the in-process run."""
     root, cfg = problem
     run_dir = root / "node_lost"
-    proc = subprocess.Popen([sys.executable, "-m", "sampler", "run", str(cfg), "--run-dir", str(run_dir),
-                             "--address", two_nodes["gcs"], "--workers", "2"],
-                            cwd=root, env=ray_env(two_nodes["temp_dir"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = two_nodes["second"]
-    try:
-        deadline, killed = time.time() + 400, False
-        while time.time() < deadline and proc.poll() is None:
-            steps = shard_steps(run_dir) if (run_dir / "checkpoints").exists() else {}
-            if (min(steps.get(0, 0), steps.get(1, 0)) >= 20 and busy_workers(second.pid)
-                    and busy_workers(two_nodes["head"].pid)):
-                kill_node(second)
-                killed = True
-                break
-            time.sleep(0.05)
-        assert killed, "the second node was not killed mid-run; make the run longer"
-        assert max(steps.values()) < NUM_DRAWS
-        out, err = proc.communicate(timeout=500)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with cli_process("run", cfg, "--run-dir", run_dir, "--address", two_nodes["gcs"], "--workers", "2",
+                     cwd=root, env=ray_env(two_nodes["temp_dir"])) as proc:
+        def both_nodes_past_20():
+            steps = shard_steps(run_dir)
+            return (min(steps.get(0, 0), steps.get(1, 0)) >= 20 and busy_workers(two_nodes["second"].pid)
+                    and busy_workers(two_nodes["head"].pid))
+        wait_while_running(proc, both_nodes_past_20)
+        kill_node(two_nodes["second"])
+        assert max(shard_steps(run_dir).values()) < NUM_DRAWS
+        _, err = proc.communicate(timeout=500)
     assert proc.returncode == 0, err[-3000:]
     assert "worker died on shard" in err
     assert_same_draws(root / "reference", run_dir)

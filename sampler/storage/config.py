@@ -233,8 +233,9 @@ def from_dict(raw: dict, source: str = "config", base_dir: Optional[Path] = None
     if base_dir is not None:  # relative local paths are relative to the config file; URLs stay
         for section, key in (("data", "path"), ("run", "dir")):
             value = getattr(getattr(cfg, section), key)
-            if not location.is_url(value) and not Path(value).is_absolute():
-                setattr(getattr(cfg, section), key, str((base_dir / value).resolve()))
+            if not location.is_url(value):
+                path = location.location(value)  # a file:// URL is a local path
+                setattr(getattr(cfg, section), key, str(path if path.is_absolute() else (base_dir / path).resolve()))
     return cfg
 
 

@@ -67,8 +67,9 @@ class Lease:
                            "expires": time.time() + self.ttl}).encode()
 
     def _write(self, **conditions) -> None:
-        self._fs.pipe_file(self.path.path, self._body(), **conditions)
-        self._etag = self._fs.info(self.path.path).get("ETag")
+        response = self._fs.pipe_file(self.path.path, self._body(), **conditions)
+        # s3fs returns S3's PutObject response: the ETag of what we wrote, for the next If-Match
+        self._etag = response.get("ETag") if isinstance(response, dict) else None
 
     def _if_match(self, etag: Optional[str]) -> dict:
         """A conditional overwrite where the store supports one (S3's If-Match on PUT)."""
@@ -113,6 +114,13 @@ class Lease:
     def _lost(self, why: str) -> None:
         log.error("%s: lost the run dir's lease: %s; stopping at the next block", self.run_dir, why)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

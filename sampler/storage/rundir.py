@@ -186,12 +186,8 @@ class RunDir:
         an object store: a lease, ``sampler.storage.lease``, which a killed driver's successor takes
         over)."""
         if self.is_remote:
-            held = Lease(self.path / self.LOCK, self.path)
-            held.acquire()
-            try:
+            with Lease(self.path / self.LOCK, self.path):
                 yield
-            finally:
-                held.release()
             return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -211,12 +207,8 @@ class RunDir:
         """Lock serialising writers of one derived store group (``forecast``): blocking locally, a
         lease on an object store (a second writer is refused)."""
         if self.is_remote:
-            held = Lease(self.scratch(f"{group}.lock"), self.path)
-            held.acquire()
-            try:
+            with Lease(self.scratch(f"{group}.lock"), self.path):
                 yield
-            finally:
-                held.release()
             return
         with open(self.scratch(f"{group}.lock"), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
