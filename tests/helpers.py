@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,18 +144,31 @@ def busy_workers(root_pid: int) -> list:
 
 @contextmanager
 def cli_process(*args, cwd=None, env=None):
-    """``python -m sampler ARGS`` started in the background (stderr piped, text); killed on exit from
-    the block if it is still running."""
+    """``python -m sampler ARGS`` started in the background; killed on exit from the block if it is
+    still running.  Its stdout and stderr go to temporary files (a pipe nobody reads while the test
+    polls would fill with progress-bar updates and stall it): ``finish`` waits and reads them."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.Popen([sys.executable, "-m", "sampler", *map(str, args)], cwd=cwd, env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sampler", *map(str, args)], cwd=cwd, env=full_env,
+                                stdout=out, stderr=err, text=True)
+        proc.outputs = (out, err)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def finish(proc, timeout: float) -> tuple[str, str]:
+    """Wait for a ``cli_process`` to end; its (stdout, stderr)."""
+    proc.wait(timeout=timeout)
+    texts = []
+    for f in proc.outputs:
+        f.seek(0)
+        texts.append(f.read())
+    return texts[0], texts[1]
 
 
 def wait_while_running(proc, ready, timeout: float = 400, what: str = "the run ended too soon; make it longer"):

@@ -58,6 +58,7 @@ def emission_noise_x2(arrays):
     return {**arrays, "true_emissions_cov": arrays["true_emissions_cov"] / 4}
 
 
+@pytest.mark.slow  # a 100-dataset SBC study and its failing twin: statistical, minutes
 @pytest.mark.parametrize("variant, calibrated", [(None, True), (emission_noise_x2, False)],
                          ids=["correct", "emission_noise_x2"])
 def test_sbc_verdict(study, variant, calibrated):

@@ -33,8 +33,9 @@ def quadrature_posterior_of_R(data: dict, model: Model):
     return mean, float(np.sqrt((w * (np.asarray(grid) - mean) ** 2).sum()))
 
 
-# NUTS (the slowest to compile and run) is in the slow set; ChEES covers gradient-based sampling by default
-@pytest.mark.parametrize("algorithm", ["gibbs", pytest.param("nuts", marks=pytest.mark.slow), "chees"])
+# NUTS and ChEES (gradient-based, slower to compile and run) are in the slow set; Gibbs is the default
+@pytest.mark.parametrize("algorithm", ["gibbs", pytest.param("nuts", marks=pytest.mark.slow),
+                                       pytest.param("chees", marks=pytest.mark.slow)])
 def test_recovers_known_posterior_of_R_with_frozen_leaves(tmp_path, algorithm):
     data = simulate(1, state_dim=1, emission_dim=1, T=60, seed=3)
     frozen = [leaf for leaf in LEAVES if leaf != "emissions.cov"]

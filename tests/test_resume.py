@@ -61,7 +61,9 @@ def test_sigkill_then_resume_equals_uninterrupted(problem):
     assert_same_draws(root / "reference", run_dir)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+# SIGTERM runs the same handler; it is sent to a driver with Ray workers in test_distributed.py
+@pytest.mark.parametrize("signum, code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
+                                          (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_run_at_a_block_and_it_resumes(problem, signum, code):
     """SIGTERM (preemption, ``ray job stop``) or SIGINT mid-run: the driver stops after the block it is
     writing, within seconds, exit 128 + signal, one line on stderr saying how to resume, the lock
@@ -151,6 +153,7 @@ def test_a_larger_num_draws_extends_the_run(problem):
         np.testing.assert_array_equal(value, reference[key], err_msg=key)
 
 
+@pytest.mark.slow  # long; the default run compares sharded Ray and in-process runs (test_distributed.py)
 def test_draws_independent_of_shards(problem):
     root, cfg = problem
     res = cli("run", cfg, "--run-dir", root / "one_shard", "--set", "run.shard_size=4", cwd=root)

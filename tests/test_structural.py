@@ -202,6 +202,7 @@ def test_gibbs_with_frozen_variables_matches_quadrature():
     assert draws.std() == pytest.approx(sd, rel=0.15)
 
 
+@pytest.mark.slow  # statistical; the default run checks structural models against statsmodels and quadrature
 def test_sbc_local_level():
     ranks, L = _sbc_ranks((Component.create("level"),), 40, 40, seed=1, thin=5, draws=150, warmup=60)
     _assert_uniform(ranks, L)

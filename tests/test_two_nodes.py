@@ -10,8 +10,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from helpers import (assert_same_draws, busy_workers, cli, cli_process, read_store, shard_steps, sharded_problem,
-                     wait_while_running)
+from helpers import (assert_same_draws, busy_workers, cli, cli_process, finish, read_store, shard_steps,
+                     sharded_problem, wait_while_running)
 from ray_nodes import kill_node, ray_env, start_head, start_worker_node, stop_node, wait_for_nodes
 
 NUM_DRAWS = 300
@@ -52,9 +52,15 @@ def test_submit_runs_on_both_nodes(problem, two_nodes):
     with cli_process("submit", cfg, "--address", two_nodes["dashboard"], "--run-dir", run_dir, "--workers", "2",
                      "--wait", "--set", "sampler.num_draws=60", cwd=root, env=ray_env(two_nodes["temp_dir"])) as proc:
         wait_while_running(proc, on_both_nodes, what=f"shards ran on {seen} only")
-        _, err = proc.communicate(timeout=400)
+        out, err = finish(proc, 400)
     assert proc.returncode == 0, err[-3000:]
-    assert "RAY_AUTH_MODE=token ray job logs" in err  # submit found and sent the cluster's token
+    job_id = out.strip()
+    assert job_id.startswith("raysubmit_")
+    # submit found and sent the cluster's token, so its hints carry token mode
+    assert f"RAY_AUTH_MODE=token ray job logs --follow {job_id} --address {two_nodes['dashboard']}" in err
+    assert f"sampler status {run_dir}" in err
+    status = json.loads(cli("status", run_dir, "--json").stdout)
+    assert all(r["draws_done"] == 60 and r["failures"] == 0 for r in status)
     got, want = read_store(run_dir), read_store(root / "reference")
     for key in want:
         np.testing.assert_array_equal(got[key], want[key][:, :60], err_msg=key)
@@ -76,7 +82,7 @@ def test_losing_a_node_mid_run(problem, two_nodes):
         wait_while_running(proc, both_nodes_past_20)
         kill_node(two_nodes["second"])
         assert max(shard_steps(run_dir).values()) < NUM_DRAWS
-        _, err = proc.communicate(timeout=500)
+        _, err = finish(proc, 500)
     assert proc.returncode == 0, err[-3000:]
     assert "worker died on shard" in err
     assert_same_draws(root / "reference", run_dir)
