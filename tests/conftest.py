@@ -12,6 +12,18 @@ from helpers import simulate
 
 jax.config.update("jax_enable_x64", True)  # reference comparisons are in float64
 
+#: the test files that take longest (minutes: Ray clusters, object store, several CLI runs), measured
+#: on 2 cores.  pytest-xdist's `--dist loadfile` hands files out in collection order, so these go
+#: first and the short files fill in at the end; in alphabetical order a long file handed out last
+#: left one worker idle for minutes.
+LONGEST_FIRST = ["test_object_store.py", "test_distributed.py", "test_two_nodes.py", "test_environment_errors.py",
+                 "test_resume.py", "test_cli.py", "test_forecast.py", "test_calibrate.py", "test_scheduling.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
+
 
 @pytest.fixture
 def small_data(tmp_path) -> Path:

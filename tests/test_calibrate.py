@@ -71,6 +71,7 @@ def test_sbc_verdict(study, variant, calibrated):
     assert report["verdict"]["passed"] is calibrated, calibrate.format_report(report)
 
 
+@pytest.mark.slow  # the 100-dataset SBC study takes a minute to build: a long statistical check
 def test_study_report_and_resume(study):
     cfg, report = study
     run_dir = Path(cfg.run.dir)

@@ -127,6 +127,7 @@ def prepare_run_dir(ctx: RunContext) -> bool:
                         "dtype": cfg.sampler.dtype, "versions": _versions(),
                         "config": config_mod.to_toml(cfg)})
     if new_store != rd.store:
+        remove_tree(rd.store)  # left by a creation interrupted after its rename (no run.json yet)
         os.replace(new_store, rd.store)
     atomic_write(rd.config_file, config_mod.to_toml(cfg))
     rd.plots.mkdir(exist_ok=True)
