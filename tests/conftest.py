@@ -16,7 +16,7 @@ jax.config.update("jax_enable_x64", True)  # reference comparisons are in float6
 #: on 2 cores.  pytest-xdist's `--dist loadfile` hands files out in collection order, so these go
 #: first and the short files fill in at the end; in alphabetical order a long file handed out last
 #: left one worker idle for minutes.
-LONGEST_FIRST = ["test_object_store.py", "test_distributed.py", "test_two_nodes.py", "test_environment_errors.py",
+LONGEST_FIRST = ["test_distributed.py", "test_object_store.py", "test_environment_errors.py",
                  "test_resume.py", "test_cli.py", "test_forecast.py", "test_calibrate.py", "test_scheduling.py"]
 
 

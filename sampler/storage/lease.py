@@ -47,6 +47,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _precondition_failed(err: OSError) -> bool:
+    """Whether a conditional write failed its condition (s3fs: FileExistsError for If-None-Match, an
+    OSError "At least one of the pre-conditions you specified did not hold" for If-Match)."""
+    return isinstance(err, FileExistsError) or "precondition" in str(err).lower().replace("-", "")
+
+
 class Lease:
     """One driver's lease on ``path`` (a ``UPath`` on an object store)."""
 
@@ -94,7 +100,9 @@ class Lease:
                             f"{held['host']}, pid {held['pid']}; its lease expires in {left:.0f} s unless renewed)")
         try:
             self._write(**self._if_match(info.get("ETag")))
-        except (OSError, FileExistsError):  # another driver took it over first (If-Match failed)
+        except OSError as err:
+            if not _precondition_failed(err):
+                raise
             raise UserError(f"{self.run_dir}: another sampler process took over this run dir's lease") from None
         log.info("took over the lease of %s (%s)", self.run_dir, "its process is gone" if gone else "expired")
 

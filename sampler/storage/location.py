@@ -37,7 +37,7 @@ def is_url(value: PathLike) -> bool:
 
 def location(value: PathLike) -> Path:
     """A ``pathlib.Path`` for a local path or ``file://`` URL, a ``UPath`` for any other URL."""
-    if isinstance(value, UPath) or isinstance(value, Path):
+    if isinstance(value, (UPath, Path)):
         return value
     text = str(value)
     if text.startswith("file://"):
