@@ -124,9 +124,11 @@ def shard_steps(run_dir: Path) -> dict[int, int]:
     return out
 
 
-def busy_workers(root_pid: int) -> list:
+def busy_workers(root_pid: int, idle_too: bool = False) -> list:
     """Ray actor processes under ``root_pid`` (a driver, or a node's `ray start`) that are running a
-    shard (Ray titles them ``ray::ShardWorker.run`` while the method executes)."""
+    shard (Ray titles them ``ray::ShardWorker.run`` while the method executes), or with ``idle_too``
+    every ``ray::ShardWorker`` process."""
+    title = "ray::ShardWorker" if idle_too else "ray::ShardWorker.run"
     import psutil
     out = []
     try:
@@ -135,7 +137,7 @@ def busy_workers(root_pid: int) -> list:
         return []
     for p in children:
         try:
-            if " ".join(p.cmdline()).startswith("ray::ShardWorker.run"):
+            if " ".join(p.cmdline()).startswith(title):
                 out.append(p)
         except psutil.NoSuchProcess:
             pass

@@ -141,7 +141,7 @@ def run_shards(ctx: RunContext, workers: int, progress, stop: Optional[StopReque
 def _record_failure(run_dir, shard: Shard, err: BaseException, retries: dict[int, int]) -> None:
     """Count a lost worker's shard failure in the event log; give up past ``MAX_SHARD_RETRIES``."""
     retries[shard.index] = retries.get(shard.index, 0) + 1
-    resume_from = (run_dir.checkpoint_steps(shard.index) or [0])[-1]
+    resume_from = run_dir.draws_done(shard.index)
     run_dir.record_event(kind="shard_failed", shard=shard.index, error=type(err).__name__,
                          retry=retries[shard.index], resume_from=resume_from)
     if retries[shard.index] > MAX_SHARD_RETRIES:

@@ -45,7 +45,7 @@ class Progress:
     def poll(self, run_dir: RunDir, shards: Iterable[int]) -> None:
         """Update the given (running) shards from their checkpoints (used while Ray workers run them)."""
         for index in shards:
-            self.set_shard(index, (run_dir.checkpoint_steps(index) or [0])[-1])
+            self.set_shard(index, run_dir.draws_done(index))
 
     def close(self) -> None:
         self.bar.close()

@@ -263,7 +263,7 @@ def _variable_values(arrays: dict, path: Path, model: ModelConfig, n: int) -> tu
 def load(cfg: Config) -> Datasets:
     """Read and validate the data file named by ``cfg.data.path``.  Raises ``UserError``."""
     path = location.location(cfg.data.path)
-    if location.is_remote(path) and not path.exists():
+    if location.is_remote(path) and not location.exists(path):  # unreachable: raised, not "not found"
         raise UserError(f"data.path: file not found: {path}")
     with location.local_file(path) as local:  # numpy, pandas and xarray read local files
         arrays, labels, times = _read_arrays(local, cfg)

@@ -152,6 +152,10 @@ class RunDir:
     def checkpoint_steps(self, shard: int) -> list[int]:
         return committed_steps(self.checkpoints(shard))
 
+    def draws_done(self, shard: int) -> int:
+        """Draws of ``shard`` in the store: its newest checkpoint's step (0 before the first)."""
+        return (self.checkpoint_steps(shard) or [0])[-1]
+
     def shard_progress(self) -> list[dict]:
         """Per shard: datasets, warmup done, draws done, checkpoint steps, failures (from the
         checkpoints and the event log)."""
