@@ -170,19 +170,33 @@ def test_submit_runs_on_both_nodes(problem, two_nodes):
 
 @pytest.mark.timeout(600)
 def test_losing_a_node_mid_run(problem, two_nodes):
-    """The second node (raylet, agents, its actor) is killed while both nodes run a shard past 20
-    draws: the driver sees the actor die, re-queues its shard, and the head's actor finishes every
-    shard; the lost shard resumes from its checkpoint, the store equals the in-process run."""
+    """The second node (raylet, agents, its actor) is killed while its actor is past 20 draws of a
+    shard: the driver sees the actor die, re-queues its shard, and the head's actor finishes every
+    shard; the lost shard resumes from its checkpoint, the store equals the in-process run.
+
+    The two actors start and compile at their own pace, so their shards need not overlap: the head's
+    actor is paused (SIGSTOP) once it has a shard, and a shard that moves while it is paused is the
+    second node's.  It is resumed (SIGCONT) after the kill."""
     root, cfg = problem
     run_dir = root / "node_lost"
+    paused = []
     with cli_process("run", cfg, "--run-dir", run_dir, "--address", two_nodes["gcs"], "--workers", "2",
                      cwd=root, env=ray_env(two_nodes["temp_dir"])) as proc:
-        def both_nodes_mid_shard():  # two shards between 20 draws and the end: one on each node
-            mid = [s for s in shard_steps(run_dir).values() if 20 <= s < NUM_DRAWS]
-            return (len(mid) == 2 and busy_workers(two_nodes["second"].pid)
-                    and busy_workers(two_nodes["head"].pid))
-        wait_while_running(proc, both_nodes_mid_shard)
-        kill_node(two_nodes["second"])
+        try:
+            wait_while_running(proc, lambda: busy_workers(two_nodes["head"].pid))
+            paused = busy_workers(two_nodes["head"].pid)
+            for p in paused:
+                p.suspend()
+            before = shard_steps(run_dir)
+
+            def second_node_mid_shard():  # a shard that moved while the head was paused, not yet done
+                moved = [k for k, s in shard_steps(run_dir).items() if s > before.get(k, 0) and 20 <= s < NUM_DRAWS]
+                return moved and busy_workers(two_nodes["second"].pid)
+            wait_while_running(proc, second_node_mid_shard)
+            kill_node(two_nodes["second"])
+        finally:
+            for p in paused:
+                p.resume()
         _, err = finish(proc, 500)
     assert proc.returncode == 0, err[-3000:]
     assert "worker died on shard" in err
