@@ -7,12 +7,13 @@ modules and ``conftest.py``; this works with ``pytest`` and ``python -m pytest``
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import jax
@@ -81,6 +82,25 @@ def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "sampler", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cli_here(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``sampler ARGS`` through ``sampler.cli.main`` in this process: what ``cli`` returns, without
+    the ~7 s of interpreter start-up and imports per call.  For checks that end before sampling (bad
+    input, status, summary); ``cli`` keeps testing the process boundary (exit status, real stderr)."""
+    from sampler.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd or before)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 #: the store arrays compared between runs that must give the same draws.

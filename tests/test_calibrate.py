@@ -14,7 +14,7 @@ from sampler.storage import config
 from sampler.storage.rundir import RunDir
 from sampler.errors import UserError
 from sampler.core.model import Model
-from helpers import cli, write_config
+from helpers import cli, cli_here, write_config
 
 #: the study: small, but enough Gibbs sweeps for the weakly identified datasets a prior this wide gives.
 STUDY = dict(num_datasets=100, num_timesteps=50)
@@ -272,8 +272,8 @@ def test_simulate_from_truth_without_true_arrays_exit_2(tmp_path, small_data):
     with np.load(small_data) as f:
         np.savez(tmp_path / "no_truth.npz", emissions=f["emissions"])
     cfg_bad = write_config(tmp_path / "bad.toml", "no_truth.npz")
-    res = cli("simulate", cfg_bad, "--out", tmp_path / "out.npz", "--num-datasets", 3, "--from", "truth",
-              cwd=tmp_path, timeout=300)
+    res = cli_here("simulate", cfg_bad, "--out", tmp_path / "out.npz", "--num-datasets", 3, "--from", "truth",
+                   cwd=tmp_path)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "true_dynamics_weights" in lines[0] and "Traceback" not in res.stderr, res.stderr

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from helpers import cli, simulate, write_config
+from helpers import cli, cli_here, simulate, write_config
 
 
-def assert_bad_input(tmp_path, config: Path, *needles, extra=()):
-    res = cli("run", config, *extra, cwd=tmp_path, timeout=300)
+def assert_bad_input(tmp_path, config: Path, *needles, extra=(), subprocess=False):
+    """``subprocess``: through a real ``python -m sampler`` (its exit status and stderr), else in this process."""
+    res = (cli if subprocess else cli_here)("run", config, *extra, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -72,7 +73,8 @@ def test_bad_input_exit_2_no_output(tmp_path, case):
     if case == "state_dim":
         cfg.write_text(cfg.read_text().replace("state_dim = 1", "state_dim = 0"))
         needles = ("model.state_dim",)
-    assert_bad_input(tmp_path, cfg, "c.toml" if case in ("unknown_key", "mistyped_key") else "", *needles, extra=extra)
+    assert_bad_input(tmp_path, cfg, "c.toml" if case in ("unknown_key", "mistyped_key") else "", *needles, extra=extra,
+                     subprocess=case == "rank")
 
 
 def test_run_status_summary_and_store_layout(tmp_path):
@@ -96,21 +98,21 @@ def test_run_status_summary_and_store_layout(tmp_path):
     assert res.stdout.splitlines() == table.splitlines() + [f"run dir: {run_dir.resolve()}"], res.stdout
     # status: 2 shards of shard_size 2 over 3 datasets, 30 draws each, checkpoints every 10 of which
     # the last keep_checkpoints (default 2) are kept; the same as RunDir.shard_progress
-    st = cli("status", run_dir, "--json")
+    st = cli_here("status", run_dir, "--json")
     assert st.returncode == 0, st.stderr
     expected = [{"shard": 0, "datasets": [0, 2], "warmup_done": True, "draws_done": 30, "checkpoints": [20, 30],
                  "failures": 0},
                 {"shard": 1, "datasets": [2, 3], "warmup_done": True, "draws_done": 30, "checkpoints": [20, 30],
                  "failures": 0}]
     assert json.loads(st.stdout) == expected == RunDir(run_dir).shard_progress()
-    text = cli("status", run_dir).stdout
+    text = cli_here("status", run_dir).stdout
     assert text == format_status(RunDir(run_dir)) + "\n"
     assert text.splitlines()[1:] == [f"{0:>5} {'0-1':>15} {'done':>6} {30:>6}/{30:<6} {'20,30':>20} {0:>8}",
                                      f"{1:>5} {'2-2':>15} {'done':>6} {30:>6}/{30:<6} {'20,30':>20} {0:>8}",
                                      "2 of 2 shards complete"]
     # summary: the same numbers as summarize() in this process (json round-trips floats exactly; the
     # Gibbs sampler has no step size, NaN, which assert_equal takes as equal to NaN)...
-    sm = json.loads(cli("summary", run_dir, "--json").stdout)
+    sm = json.loads(cli_here("summary", run_dir, "--json").stdout)
     np.testing.assert_equal(sm, summary)
     assert sm["algorithm"] == "gibbs" and sm["quantities"] == ["emissions_cov"]
     # store layout (SPEC)
@@ -174,7 +176,7 @@ def test_run_status_summary_and_store_layout(tmp_path):
 def test_status_and_summary_reject_non_run_dir(tmp_path):
     from sampler.storage.rundir import RunDir
     for cmd in ("status", "summary"):
-        res = cli(cmd, tmp_path)
+        res = cli_here(cmd, tmp_path)
         assert res.returncode == 2 and res.stdout == ""
         assert res.stderr == f"sampler: error: {tmp_path}: not a sampler run dir (no {RunDir.RUN_FILE})\n", res.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written

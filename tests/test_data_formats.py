@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from helpers import cli, write_config
+from helpers import cli, cli_here, write_config
 from sampler.storage import config, data
 from sampler.core.model import missingness
 from sampler.errors import UserError
@@ -111,7 +111,7 @@ def test_bad_table_exit_2_one_line_nothing_written(tmp_path, case):
     text = cfg.read_text().replace('path = "bad.csv"', 'path = "bad.csv"\n' + "\n".join(
         f"{k} = {v!r}".replace("'", '"') for k, v in keys.items()))
     cfg.write_text(text)
-    res = cli("run", cfg, cwd=tmp_path)
+    res = cli_here("run", cfg, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.csv" in lines[0] and "Traceback" not in res.stderr, res.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from helpers import (assert_same_draws, busy_workers, cli, cli_process, finish, read_store, shard_steps,
+from helpers import (assert_same_draws, busy_workers, cli, cli_here, cli_process, finish, read_store, shard_steps,
                      sharded_problem, wait_while_running)
 from ray_nodes import free_port, kill_node, ray_env, start_head, start_worker_node, stop_node, wait_for_nodes
 
@@ -104,19 +104,19 @@ def test_progress_counts_resumed_draws_as_initial(problem, monkeypatch):
 
 def test_submit_bad_input_is_one_line_and_submits_nothing(problem):
     root, cfg = problem
-    res = cli("submit", cfg, "--address", "http://127.0.0.1:9", "--set", 'data.path="missing.npz"', cwd=root)
+    res = cli_here("submit", cfg, "--address", "http://127.0.0.1:9", "--set", 'data.path="missing.npz"', cwd=root)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"sampler: error: data.path: file not found: {root / 'missing.npz'}"]
-    res = cli("submit", cfg, "--address", f"http://127.0.0.1:{free_port()}", "--run-dir", root / "x", cwd=root)
+    res = cli_here("submit", cfg, "--address", f"http://127.0.0.1:{free_port()}", "--run-dir", root / "x", cwd=root)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "cannot reach a Ray dashboard" in res.stderr
     assert not (root / "x").exists()
 
 
-def test_bad_worker_gpus_is_one_line_and_writes_nothing(problem):
+def test_bad_worker_gpus_is_one_line_and_writes_nothing(problem, monkeypatch):
     root, cfg = problem
-    res = cli("run", cfg, "--run-dir", root / "bad_gpus", "--workers", "1", cwd=root,
-              env={"SAMPLER_WORKER_GPUS": "one"})
+    monkeypatch.setenv("SAMPLER_WORKER_GPUS", "one")
+    res = cli_here("run", cfg, "--run-dir", root / "bad_gpus", "--workers", "1", cwd=root)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "sampler: error: $SAMPLER_WORKER_GPUS='one': expected the number of GPUs per worker, e.g. 1"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers import cli
+from helpers import cli_here
 from sampler.analysis import diagnostics
 from sampler.storage import config as config_mod
 
@@ -122,7 +122,7 @@ def test_bad_frozen_or_init_is_a_one_line_error(tmp_path, extra, message):
 
 def test_bad_component_config_exits_2_from_the_cli(tmp_path):
     (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra="state_dim = 3"))
-    res = cli("run", "c.toml", cwd=tmp_path)
+    res = cli_here("run", "c.toml", cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "state_dim = 3 but the components have 5" in res.stderr
     assert not (tmp_path / "run").exists()
@@ -132,7 +132,7 @@ def test_simulate_and_calibrate_refuse_structural_models_in_one_line(tmp_path):
     from sampler.analysis import calibrate
     from sampler.errors import UserError
     (tmp_path / "c.toml").write_text(STRUCTURAL_CONFIG.format(extra=""))
-    res = cli("simulate", "c.toml", "--out", "s.npz", "--num-datasets", "2", cwd=tmp_path)
+    res = cli_here("simulate", "c.toml", "--out", "s.npz", "--num-datasets", "2", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
     assert "structural models (model.components) are not supported yet" in res.stderr
     cfg = config_mod.load(tmp_path / "c.toml", run__dir=str(tmp_path / "study"))
