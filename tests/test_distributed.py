@@ -59,13 +59,13 @@ def test_killed_worker_is_replaced_then_sigterm_stops_driver_and_workers(problem
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, alive
     assert min(shard_steps(run_dir).values(), default=0) < NUM_DRAWS
-    res = cli("run", cfg, "--run-dir", run_dir, "--workers", "0", cwd=root, timeout=400)
+    res = cli_here("run", cfg, "--run-dir", run_dir, "--workers", "0", cwd=root)
     assert res.returncode == 0, res.stderr
     assert_same_draws(root / "reference", run_dir)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["kind"] == "shard_failed", events
     assert events[0]["shard"] in (0, 1) and events[0]["resume_from"] >= 20
-    status = json.loads(cli("status", run_dir, "--json").stdout)
+    status = json.loads(cli_here("status", run_dir, "--json").stdout)
     assert [r["failures"] for r in status] == [int(r["shard"] == events[0]["shard"]) for r in status]
     assert all(r["draws_done"] == NUM_DRAWS for r in status)
 
@@ -161,7 +161,7 @@ def test_submit_runs_on_both_nodes(problem, two_nodes):
     # submit found and sent the cluster's token, so its hints carry token mode
     assert f"RAY_AUTH_MODE=token ray job logs --follow {job_id} --address {two_nodes['dashboard']}" in err
     assert f"sampler status {run_dir}" in err
-    status = json.loads(cli("status", run_dir, "--json").stdout)
+    status = json.loads(cli_here("status", run_dir, "--json").stdout)
     assert all(r["draws_done"] == 60 and r["failures"] == 0 for r in status)
     got, want = read_store(run_dir), read_store(root / "reference")
     for key in want:
@@ -204,6 +204,6 @@ def test_losing_a_node_mid_run(problem, two_nodes):
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events] == ["shard_failed"], events
     assert 20 <= events[0]["resume_from"] < NUM_DRAWS  # the lost node's shard was mid-run
-    status = json.loads(cli("status", run_dir, "--json").stdout)
+    status = json.loads(cli_here("status", run_dir, "--json").stdout)
     assert [r["failures"] for r in status] == [int(r["shard"] == events[0]["shard"]) for r in status]
     assert all(r["draws_done"] == NUM_DRAWS for r in status)

@@ -15,7 +15,7 @@ import zarr
 
 import sampler
 
-from helpers import ARRAYS, assert_same_draws, cli, read_store, simulate, write_config
+from helpers import ARRAYS, assert_same_draws, cli, cli_here, read_store, simulate, write_config
 
 
 def draws_done(run_dir: Path) -> int:
@@ -47,7 +47,7 @@ def test_sigkill_then_resume_equals_uninterrupted(problem):
     assert proc.poll() is None, "run finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    status = json.loads(cli("status", run_dir, "--json").stdout)
+    status = json.loads(cli_here("status", run_dir, "--json").stdout)
     assert any(r["draws_done"] < 150 for r in status)
     # damage the newest checkpoint of one shard: resume must fall back to the previous one
     shard = sorted((run_dir / "checkpoints").glob("shard-*"))[0]
@@ -56,7 +56,7 @@ def test_sigkill_then_resume_equals_uninterrupted(problem):
         for f in steps[-1].rglob("*"):
             if f.is_file():
                 f.write_bytes(b"garbage")
-    res = cli("run", cfg, "--run-dir", run_dir, cwd=root)
+    res = cli_here("run", cfg, "--run-dir", run_dir, cwd=root)
     assert res.returncode == 0, res.stderr
     assert_same_draws(root / "reference", run_dir)
 
@@ -85,7 +85,7 @@ def test_a_signal_stops_the_run_at_a_block_and_it_resumes(problem, signum, code)
     assert len(lines) == 1 and signum.name in lines[0] and "resume" in lines[0], err
     assert "Traceback" not in err
     assert 20 <= draws_done(run_dir) < 150
-    res = cli("run", cfg, "--run-dir", run_dir, cwd=root)   # the lock was released
+    res = cli_here("run", cfg, "--run-dir", run_dir, cwd=root)   # the lock was released
     assert res.returncode == 0, res.stderr
     assert_same_draws(root / "reference", run_dir)
 
@@ -93,14 +93,14 @@ def test_a_signal_stops_the_run_at_a_block_and_it_resumes(problem, signum, code)
 def test_changed_config_refuses_to_resume(problem):
     root, cfg = problem
     before = read_store(root / "reference")
-    res = cli("run", cfg, "--run-dir", root / "reference", "--set", "sampler.seed=1", cwd=root)
+    res = cli_here("run", cfg, "--run-dir", root / "reference", "--set", "sampler.seed=1", cwd=root)
     assert res.returncode == 2
     assert "sampler.seed" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     after = read_store(root / "reference")
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
     # a setting that does not change the draws may change (and a finished run just re-reports)
-    res = cli("run", cfg, "--run-dir", root / "reference", "--workers", "0", cwd=root)
+    res = cli_here("run", cfg, "--run-dir", root / "reference", "--workers", "0", cwd=root)
     assert res.returncode == 0, res.stderr
 
 
@@ -110,7 +110,7 @@ def test_lock_blocks_second_driver(problem):
     fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        res = cli("run", cfg, "--run-dir", run_dir, cwd=root)
+        res = cli_here("run", cfg, "--run-dir", run_dir, cwd=root)  # flock: another open file, refused as another process's
     finally:
         os.close(fd)
     assert res.returncode == 2 and "another sampler process" in res.stderr
