@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 
-from helpers import assert_same_draws, cli, simulate, write_config
+from helpers import assert_same_draws, cli, cli_here, simulate, write_config
 
 SMALL = {"sampler": {"num_chains": 2, "num_warmup": 20, "num_draws": 60, "seed": 0},
          "run": {"checkpoint_every": 5, "workers": 0}}
@@ -63,33 +62,28 @@ def _all_arrays(run_dir: Path) -> dict:
 
 @pytest.mark.timeout(180)
 def test_full_disk_one_line_exit_3_then_resume_bitwise(tmp_path):
-    ref_dir = tmp_path / "ref"
-    ref = subprocess.Popen([sys.executable, "-m", "sampler", "run", str(_config(tmp_path, ref_dir, "ref.toml"))],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        with _tmpfs(tmp_path / "small", "size=400k") as mnt:
-            run_dir = mnt / "run"
-            cfg = _config(tmp_path, run_dir)
-            res = cli("run", cfg, cwd=tmp_path, timeout=150)
-            assert res.returncode == 3, res.stderr
-            line = _one_error_line(res.stderr)
-            assert line.startswith(f"sampler: error: {run_dir}"), line
-            assert "No space left on device" in line and "free space or move run.dir" in line, line
-            subprocess.run(["mount", "-o", "remount,size=200m", str(mnt)], check=True)
-            res = cli("run", cfg, cwd=tmp_path, timeout=150)
-            assert res.returncode == 0, res.stderr
-            assert "resuming" in res.stderr
-            _, err = ref.communicate(timeout=150)
-            assert ref.returncode == 0, err
-            assert_same_draws(run_dir, ref_dir)   # every draw finite, and equal
-            got, want = _all_arrays(run_dir), _all_arrays(ref_dir)
-            assert got.keys() == want.keys()
-            for key in want:   # bitwise (NaN where a stat does not apply, e.g. Gibbs' energy)
-                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    finally:
-        if ref.poll() is None:
-            ref.kill()
-            ref.wait()
+    """The run on a full disk is a real process (its exit status and stderr); the resume and the
+    reference run in this process, the reference reusing the resume's compiled programs."""
+    with _tmpfs(tmp_path / "small", "size=400k") as mnt:
+        run_dir = mnt / "run"
+        cfg = _config(tmp_path, run_dir)
+        res = cli("run", cfg, cwd=tmp_path, timeout=150)
+        assert res.returncode == 3, res.stderr
+        line = _one_error_line(res.stderr)
+        assert line.startswith(f"sampler: error: {run_dir}"), line
+        assert "No space left on device" in line and "free space or move run.dir" in line, line
+        subprocess.run(["mount", "-o", "remount,size=200m", str(mnt)], check=True)
+        res = cli_here("run", cfg, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "resuming" in res.stderr
+        ref_dir = tmp_path / "ref"
+        res = cli_here("run", _config(tmp_path, ref_dir, "ref.toml"), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert_same_draws(run_dir, ref_dir)   # every draw finite, and equal
+        got, want = _all_arrays(run_dir), _all_arrays(ref_dir)
+        assert got.keys() == want.keys()
+        for key in want:   # bitwise (NaN where a stat does not apply, e.g. Gibbs' energy)
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 @pytest.mark.timeout(120)
