@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_same_draws, cli, cli_process, finish, simulate, wait_while_running, write_config
+from helpers import assert_same_draws, cli, cli_here, cli_process, finish, simulate, wait_while_running, write_config
 
 NUM_DRAWS = 200
 
@@ -65,7 +65,7 @@ def problem(s3, tmp_path_factory):
     fs.pipe("bkt/data/d.npz", buf.getvalue())
     settings = dict(sampler={"num_draws": NUM_DRAWS, "num_warmup": 10}, run={"checkpoint_every": 10, "shard_size": 2})
     local = write_config(root / "local.toml", "d.npz", **settings)
-    res = cli("run", local, "--run-dir", root / "reference", cwd=root, timeout=400)
+    res = cli_here("run", local, "--run-dir", root / "reference", cwd=root)  # its compiled programs serve the resume
     assert res.returncode == 0, res.stderr
     cfg = write_config(root / "s3.toml", "s3://bkt/data/d.npz", **settings)
     return root, cfg
@@ -88,13 +88,17 @@ def _steps(fs, url: str) -> list[int]:
 
 
 @pytest.mark.timeout(600)
-def test_killed_driver_resumes_bitwise_and_a_second_driver_is_refused(s3, problem):
+def test_killed_driver_resumes_bitwise_and_a_second_driver_is_refused(s3, problem, monkeypatch):
+    """The killed driver is a real process; the second driver, the resume, status and forecast run in
+    this process (with the same endpoint settings)."""
     env, fs = s3
     root, cfg = problem
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     url = "s3://bkt/runs/killed"
     with cli_process("run", cfg, "--run-dir", url, cwd=root, env=env) as proc:
         wait_while_running(proc, lambda: min(_steps(fs, url), default=0) >= 20)
-        second = cli("run", cfg, "--run-dir", url, cwd=root, env=env, timeout=300)
+        second = cli_here("run", cfg, "--run-dir", url, cwd=root)
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(
@@ -104,14 +108,14 @@ def test_killed_driver_resumes_bitwise_and_a_second_driver_is_refused(s3, proble
         finish(proc, 60)
         assert min(_steps(fs, url)) < NUM_DRAWS
     assert fs.exists("bkt/runs/killed/.lock")  # the killed driver's lease is left behind...
-    res = cli("run", cfg, "--run-dir", url, cwd=root, env=env, timeout=400)
+    res = cli_here("run", cfg, "--run-dir", url, cwd=root)
     assert res.returncode == 0, res.stderr  # ...and taken over: its process is gone
     assert not fs.exists("bkt/runs/killed/.lock")
     assert_same_draws(root / "reference", _download(fs, url, root / "killed_copy"))
 
-    status = cli("status", url, cwd=root, env=env)
+    status = cli_here("status", url, cwd=root)
     assert "2 of 2 shards complete" in status.stdout, status.stderr
-    forecast = cli("forecast", url, "--horizon", "5", "--plot", "0", cwd=root, env=env)
+    forecast = cli_here("forecast", url, "--horizon", "5", "--plot", "0", cwd=root)
     assert forecast.returncode == 0, forecast.stderr
     assert fs.exists("bkt/runs/killed/plots/forecast_0.png"), fs.ls("bkt/runs/killed/plots")
     import zarr
