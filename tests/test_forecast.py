@@ -17,7 +17,7 @@ from sampler.analysis import forecast as fc
 from sampler.core import predictive
 from sampler.core.leaves import LEAVES, store_name
 from sampler.core.model import params_from_leaves
-from helpers import cli, simulate, write_config
+from helpers import cli_here, simulate, write_config
 
 PARTS = ("smooth_mean", "smooth_std", "forecast_mean", "forecast_std")
 HORIZON = 6  # one compiled pass shape for most tests
@@ -140,7 +140,7 @@ def test_rerun_replaces_the_group(seq_run):
 
 
 def test_cli_forecast_writes_plots(seq_run):
-    r = cli("forecast", seq_run, "--horizon", str(HORIZON), "--plot", "0,2")
+    r = cli_here("forecast", seq_run, "--horizon", str(HORIZON), "--plot", "0,2")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     names = sorted(p.split("/")[-1] for p in out["plots"])
@@ -150,7 +150,7 @@ def test_cli_forecast_writes_plots(seq_run):
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert out["datasets"] == 3 and out["sequences"] == 2 and out["draws"] == 60
-    r = cli("forecast", seq_run, "--plot", "3")
+    r = cli_here("forecast", seq_run, "--plot", "3")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--plot 3" in r.stderr
 
 
@@ -239,7 +239,7 @@ def test_model_with_inputs_needs_future_inputs(input_run_dir, future):
     if future is not None:
         np.savez(run_dir.parent / "d.npz", **data, future_inputs=future)
     before = tree_snapshot(run_dir)
-    r = cli("forecast", run_dir, "--horizon", "10")
+    r = cli_here("forecast", run_dir, "--horizon", "10")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "future_inputs" in lines[0], r.stderr
