@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from helpers import (assert_same_draws, busy_workers, cli, cli_here, cli_process, finish, read_store, shard_steps,
+from helpers import (assert_same_draws, busy_workers, cli_here, cli_process, finish, read_store, shard_steps,
                      sharded_problem, wait_while_running)
 from ray_nodes import free_port, kill_node, ray_env, start_head, start_worker_node, stop_node, wait_for_nodes
 
