@@ -79,6 +79,7 @@ def test_bad_input_exit_2_no_output(tmp_path, case):
 
 def test_run_status_summary_and_store_layout(tmp_path):
     import arviz as az
+    import jax
     import jax.numpy as jnp
     from dynamax.linear_gaussian_ssm import (LinearGaussianConjugateSSM, ParamsLGSSM, ParamsLGSSMDynamics,
                                              ParamsLGSSMEmissions, ParamsLGSSMInitial)
@@ -164,7 +165,7 @@ def test_run_status_summary_and_store_layout(tmp_path):
                                            input_weights=v["emissions_input_weights"], cov=v["emissions_cov"]))
         with warnings.catch_warnings():  # dynamax's log_prior (tfp) passes None to jnp.shape: a DeprecationWarning
             warnings.simplefilter("ignore", DeprecationWarning)
-            prior = float(ssm.log_prior(params))
+            prior = float(jax.jit(ssm.log_prior)(params))  # eager tfp takes ~12 s
         want = prior + sum(float(ssm.marginal_log_prob(params, jnp.asarray(y[m]))) for m in range(2))
         assert float(stats["lp"].values[c, k, 1]) == pytest.approx(want, rel=1e-8)  # dynamax adds 1e-9 to diagonals
     obs = tree["observed_data"]["emissions"]
