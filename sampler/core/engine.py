@@ -101,8 +101,13 @@ def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
         lp = state.logdensity - model.log_det_jacobian(state.position)
         return state, Draws(params, lp, stats, chains.tuning.step_size)
 
-    def hold(state, i):  # past ``count``: the chain stays, the draw slot is zeros
-        return state, jax.tree.map(jnp.zeros_like, jax.eval_shape(advance, state, i)[1])
+    def hold(state, i):
+        # past ``count``: the chain stays, the draw slot is zeros, shaped from what the chain already
+        # has rather than from ``eval_shape(advance)``, a second trace of the sweep (seconds of every
+        # process's start-up: docs/performance.md)
+        zeros = partial(jax.tree.map, jnp.zeros_like)
+        return state, Draws(zeros(chains.anchor), zeros(state.logdensity),
+                            StepStats.zeros(state.logdensity.dtype), zeros(chains.tuning.step_size))
 
     def one_draw(state, i):
         return jax.lax.cond(i < count, advance, hold, state, i)

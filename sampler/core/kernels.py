@@ -55,11 +55,18 @@ class Tuning(NamedTuple):
 
 
 class StepStats(NamedTuple):
-    """Per-draw statistics, stored in the ``sample_stats`` group."""
+    """Per-draw statistics, stored in the ``sample_stats`` group.  Every kernel's ``step`` returns
+    them as scalars of these types: acceptance_rate and energy in the chain's dtype, diverging bool,
+    n_steps int32 (so ``zeros`` is built without tracing a step)."""
     acceptance_rate: jax.Array
     diverging: jax.Array
     n_steps: jax.Array
     energy: jax.Array
+
+    @classmethod
+    def zeros(cls, dtype) -> "StepStats":
+        zero = jnp.zeros((), dtype)
+        return cls(zero, jnp.zeros((), bool), jnp.zeros((), jnp.int32), zero)
 
 
 class Kernel(NamedTuple):
