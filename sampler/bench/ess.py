@@ -101,8 +101,7 @@ def _compile_seconds(ctx, inputs, block: int) -> dict:
     jax.config.update("jax_enable_compilation_cache", False)
     try:
         t = time.perf_counter()
-        engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.num_chains).lower(
-            inputs.keys, b.emissions, b.inputs, b.init_values).compile()
+        runner.init_program(ctx).lower(inputs.keys, b.emissions, b.inputs, b.init_values).compile()
         t_init = time.perf_counter()
         engine.sample_program(ctx.model, ctx.kernel, min(block, s.num_draws)).lower(
             inputs.keys, runner.chains_template(ctx, inputs), b.emissions, b.inputs, np.int32(0),

@@ -60,6 +60,12 @@ def chain_keys(seed: int, dataset, chain):
     return jax.vmap(lambda d, c: jax.random.fold_in(jax.random.fold_in(base, d), c))(dataset, chain)
 
 
+def burn_in_keys(keys):
+    """(B,) keys under which the block program runs a burn-in (``kernels.burns_in_with_steps``):
+    each chain's warmup stream, apart from its draws' stream."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, _WARMUP))(keys)
+
+
 # --- per-chain and per-dataset functions (vmapped below) ---------------------------------------------
 def _initial_position(model: Model, key, emissions, init_values):
     anchor = model.initial_params(jax.random.fold_in(key, _INIT), init_values)

@@ -253,11 +253,22 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
             state = sweep(k, state, target, None)
             return state, state.position
         k_init, k_sweeps = jax.random.split(key)
-        state, path = jax.lax.scan(one, init(k_init, position, target), jax.random.split(k_sweeps, num_steps))
         nan = jnp.full((), jnp.nan, position.dtype)
+        state = init(k_init, position, target)
+        if num_steps == 0:  # static: no sweep in the program (see ``burns_in_with_steps``)
+            return state, Tuning(nan, jnp.ones_like(position), nan)
+        state, path = jax.lax.scan(one, state, jax.random.split(k_sweeps, num_steps))
         return state, Tuning(nan, _warmup_variance(path, state.position), nan)
 
     return Kernel("gibbs", init, warmup, step)
+
+
+def burns_in_with_steps(kernel: Kernel, model: Model | StructuralModel) -> bool:
+    """Whether ``kernel``'s warmup on ``model`` is plain steps whose tuning nothing reads: Gibbs on
+    the general LG-SSM, whose warmup is burn-in.  The engine then runs those sweeps with its block
+    program (``runner.init_chains``) instead of compiling the sweep a second time into the warmup
+    program.  A structural model's sweep reads the warmup's variances, so its warmup stays whole."""
+    return kernel.name == "gibbs" and not isinstance(model, StructuralModel)
 
 
 def _log_density(model: Model, position, params, log_likelihood):

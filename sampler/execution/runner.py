@@ -178,9 +178,12 @@ def shard_inputs(ctx: RunContext, shard: Shard) -> ShardInputs:
                        (shard.stop - shard.start) * C)
 
 
-def _init_program(ctx: RunContext):
+def init_program(ctx: RunContext):
+    """The compiled initial values + warmup of a run (no sweeps when ``burns_in_with_steps``: its
+    burn-in runs on the block program)."""
     s = ctx.cfg.sampler
-    return engine.init_program(ctx.model, ctx.kernel, s.num_warmup, s.num_chains)
+    num_warmup = 0 if kernels.burns_in_with_steps(ctx.kernel, ctx.model) else s.num_warmup
+    return engine.init_program(ctx.model, ctx.kernel, num_warmup, s.num_chains)
 
 
 def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
@@ -188,19 +191,27 @@ def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
 
     The block program (``iter_blocks``) compiles meanwhile in a background thread: XLA compiles
     without the GIL, so its compile overlaps the warmup program's compile and run instead of
-    following them (measured: docs/performance.md), and ``iter_blocks`` finds it in JAX's cache."""
+    following them (measured: docs/performance.md), and ``iter_blocks`` finds it in JAX's cache.
+    Where the warmup is burn-in (Gibbs on the general LG-SSM), its ``num_warmup`` sweeps then run
+    on that block program under each chain's warmup keys, their draws dropped: the sweep is compiled
+    once per run instead of once in each program (docs/performance.md, "Start-up")."""
     b = inputs.batch
     ahead = threading.Thread(target=_compile_block_program, args=(ctx, inputs), daemon=True)
     ahead.start()
     try:
-        return _init_program(ctx)(inputs.keys, b.emissions, b.inputs, b.init_values)
+        chains = init_program(ctx)(inputs.keys, b.emissions, b.inputs, b.init_values)
     finally:
         ahead.join()
+    if kernels.burns_in_with_steps(ctx.kernel, ctx.model):
+        burn_in = inputs._replace(keys=engine.burn_in_keys(inputs.keys))
+        for block in iter_blocks(ctx, burn_in, chains, total=ctx.cfg.sampler.num_warmup, overlap=False):
+            chains = block.chains
+    return chains
 
 
 def _compile_block_program(ctx: RunContext, inputs: ShardInputs) -> None:
     b = inputs.batch
-    chains = jax.eval_shape(_init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
+    chains = jax.eval_shape(init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
     try:
         _block_program(ctx).lower(inputs.keys, chains, b.emissions, b.inputs, np.int32(0), np.int32(0)).compile()
     except Exception:  # noqa: BLE001 -- only a head start: the program's own first call reports it
@@ -216,20 +227,21 @@ def _block_program(ctx: RunContext):
 def chains_template(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
     """Zeros shaped like ``init_chains``'s result (what a checkpoint is restored into)."""
     b = inputs.batch
-    shapes = jax.eval_shape(_init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
+    shapes = jax.eval_shape(init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def iter_blocks(ctx: RunContext, inputs: ShardInputs, chains: engine.Chains, start: int = 0, *,
-                overlap: bool = True) -> Iterator[Block]:
+                total: Optional[int] = None, overlap: bool = True) -> Iterator[Block]:
     """Blocks of ``run.checkpoint_every`` draws (the last one shorter) from draw ``start`` to
-    ``sampler.num_draws``, continuing ``chains``.
+    ``total`` (default ``sampler.num_draws``), continuing ``chains``.
 
     With ``overlap`` a block is yielded only once the next one is dispatched, so the device computes
     while the caller writes; without, each block is yielded as soon as it is dispatched.
     """
-    b, total = inputs.batch, ctx.cfg.sampler.num_draws
-    size = min(ctx.cfg.run.checkpoint_every, total)
+    b = inputs.batch
+    total = ctx.cfg.sampler.num_draws if total is None else total
+    size = min(ctx.cfg.run.checkpoint_every, ctx.cfg.sampler.num_draws)  # the block program's
     program = _block_program(ctx)
     pending, done = None, start
     while done < total:
