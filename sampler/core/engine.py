@@ -3,8 +3,9 @@
 Pure JAX: no files, no Ray.  The batch axis B enumerates (dataset, chain) pairs of a shard,
 dataset-major (``b = d * num_chains + c``).  Every chain's randomness comes from its own key,
 ``fold_in(fold_in(PRNGKey(seed), dataset), chain)``, and every draw's from
-``fold_in(fold_in(chain_key, DRAW), draw_index)``: results do not depend on how datasets are split
-into shards, devices or interrupted blocks.
+``fold_in(fold_in(chain_key, DRAW), draw_index)`` (a burn-in run by the block program takes
+``fold_in(chain_key, WARMUP)`` as its chain key: ``burn_in_keys``): results do not depend on how
+datasets are split into shards, devices or interrupted blocks.
 """
 from __future__ import annotations
 
