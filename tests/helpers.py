@@ -86,8 +86,9 @@ def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
 
 def cli_here(*args, cwd=None) -> subprocess.CompletedProcess:
     """``sampler ARGS`` through ``sampler.cli.main`` in this process: what ``cli`` returns, without
-    the ~7 s of interpreter start-up and imports per call.  For checks that end before sampling (bad
-    input, status, summary); ``cli`` keeps testing the process boundary (exit status, real stderr)."""
+    the ~7 s of interpreter start-up and imports per call, and reusing the programs this process has
+    compiled.  For checks that end before sampling (bad input, status, summary) and for the runs that
+    follow a real kill or stop; ``cli`` keeps testing the process boundary (exit status, real stderr)."""
     from sampler.cli import main
     out, err = io.StringIO(), io.StringIO()
     before = os.getcwd()
