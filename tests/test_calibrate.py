@@ -309,9 +309,9 @@ def test_tempered_sampler_fails_calibration(tmp_path, monkeypatch):
     from sampler.core import engine, gibbs
     original = gibbs.sample_states
 
-    def tempered(key, model, params, emissions, inputs=None):
+    def tempered(key, model, params, emissions, inputs=None, moments=None):
         params = params._replace(emissions=params.emissions._replace(cov=2.0 * params.emissions.cov))
-        return original(key, model, params, emissions, inputs)
+        return original(key, model, params, emissions, inputs, moments)
 
     monkeypatch.setattr(gibbs, "sample_states", tempered)
     engine.init_program.cache_clear()

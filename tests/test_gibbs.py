@@ -57,6 +57,24 @@ def test_latent_space_moves_leave_the_likelihood_unchanged():
     assert not np.allclose(moved.emissions.weights, params.emissions.weights)
 
 
+def test_the_emission_block_reads_the_data_moments_as_it_would_compute_them():
+    """The data's moments, computed once per block (``gibbs.data_moments``), stand in for the
+    emission block's y^T y: the same draw to rounding, with inputs and several sequences.  (The
+    filter's use of them, a missing row included, is checked in test_kalman; with missing entries the
+    emission block imputes and does not read them.)"""
+    from sampler.core import gibbs
+    from sampler.core.model import Model
+    model = Model(2, 3, input_dim=1)
+    params = model.initial_params(jax.random.PRNGKey(0), {})
+    u = jax.random.normal(jax.random.PRNGKey(1), (3, 30, 1))
+    # any data and states will do for a conditional draw
+    y, states = jax.random.normal(jax.random.PRNGKey(2), (3, 30, 3)), jax.random.normal(jax.random.PRNGKey(3), (3, 30, 2))
+    draw = lambda z: gibbs.draw_parameters(jax.random.PRNGKey(4), model, params, states, y, u, z)
+    without, with_moments = jax.jit(lambda: (draw(None), draw(gibbs.data_moments(y, u))))()  # one compile
+    for a, b in zip(jax.tree.leaves(without), jax.tree.leaves(with_moments)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_seed_posterior_of_R_matches_dynamax_blocked_gibbs(tmp_path):
     """Our batched Gibbs on the seed data vs a long run of dynamax's own fit_blocked_gibbs (independent

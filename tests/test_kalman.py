@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from dynamax.linear_gaussian_ssm import LinearGaussianConjugateSSM, lgssm_filter
 
-from sampler.core.kalman import kalman_filter, marginal_log_prob
+from sampler.core.kalman import kalman_filter, marginal_log_prob, row_moments
 
 CASES = [(2, 10, 0, 100), (3, 2, 1, 50), (2, 2, 0, 60), (1, 3, 2, 40), (4, 4, 0, 30), (5, 8, 1, 25)]
 
@@ -114,6 +114,27 @@ def test_gradient_finite_with_missing():
     y = y.at[5].set(jnp.nan).at[9, 1].set(jnp.nan)
     g = jax.jit(jax.grad(lambda p: marginal_log_prob(p, y)))(params)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+
+
+def test_complete_row_filter_moments_match_dynamax_with_and_without_row_moments():
+    """The information form on complete rows (``complete.py``'s unrolled pass): filtered moments
+    and value against dynamax, inputs included, and the same with the data's ``row_moments`` given
+    (the Gibbs sweep's once-per-block Gram matrix) and with a whole row missing."""
+    params, y, u = random_problem(2, 5, 1, 40, seed=7)
+    ref = lgssm_filter(params, y, u)
+    run = jax.jit(lambda p, yy, uu, z: kalman_filter(p, yy, uu, form="information", partial_missing=False,
+                                                     moments=z))
+    for moments in (None, row_moments(y, u)):
+        ll, means, covs = run(params, y, u, moments)
+        assert abs(float(ll - ref.marginal_loglik)) <= 1e-9 * abs(float(ref.marginal_loglik))
+        np.testing.assert_allclose(means, ref.filtered_means, rtol=1e-8, atol=1e-9)
+        np.testing.assert_allclose(covs, ref.filtered_covariances, rtol=1e-8, atol=1e-9)
+    params, y, _ = random_problem(2, 5, 0, 40, seed=8)
+    y_gap, no_inputs = y.at[12].set(jnp.nan), jnp.zeros((40, 0))
+    without, with_moments = run(params, y_gap, None, None), run(params, y_gap, None, row_moments(y_gap, no_inputs))
+    assert float(without[0]) == pytest.approx(reference_skipping(params, np.asarray(y_gap)), rel=1e-9)
+    for a, b in zip(without, with_moments):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 # --- the parallel-in-time filter: few, jitted checks (its associative scan compiles slowly on CPU) ----

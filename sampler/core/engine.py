@@ -77,7 +77,7 @@ def _initial_position(model: Model, key, emissions, init_values):
 def _init_one(model: Model, kernel: kernels.Kernel, num_warmup: int, key, emissions, inputs, init_values):
     """One chain: initial values, then its own warmup."""
     anchor, position = _initial_position(model, key, emissions, init_values)
-    target = kernels.Target(model, anchor, emissions, inputs)
+    target = kernels.Target.of(model, anchor, emissions, inputs)
     state, tuning = kernel.warmup(jax.random.fold_in(key, _WARMUP), position, target, num_warmup)
     return Chains(state, tuning, anchor)
 
@@ -98,7 +98,7 @@ def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, keys, e
 
 def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
                 key, chains: Chains, emissions, inputs, start, count):
-    target = kernels.Target(model, chains.anchor, emissions, inputs)
+    target = kernels.Target.of(model, chains.anchor, emissions, inputs)
     draw_key = jax.random.fold_in(key, _DRAW)
 
     def advance(state, i):

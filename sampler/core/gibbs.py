@@ -24,7 +24,8 @@ import numpy as np
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import priors
-from sampler.core.kalman import kalman_filter, observed_noise, small_cholesky, small_matmul, small_solve_lower
+from sampler.core.kalman import (kalman_filter, observed_noise, row_moments, small_cholesky, small_matmul,
+                                 small_solve_lower)
 from sampler.core.kalman.linalg import UNROLL_MAX_DIM
 from sampler.core.model import Model
 from sampler.core.priors import sample_inverse_wishart, sample_inverse_wishart_factor
@@ -37,7 +38,9 @@ def _sym(A):
 def _mvn(eps, mean, cov):
     """mean + chol(cov) eps: a draw of N(mean, cov) from standard normals ``eps``."""
     L = small_cholesky(_sym(cov) + 1e-12 * jnp.eye(cov.shape[-1], dtype=cov.dtype))
-    return mean + small_matmul(L, eps)
+    # a dot, not ``small_matmul``: unrolled, XLA fuses the normals' generation into every entry of the
+    # product and computes each normal S times (measured: docs/performance.md)
+    return mean + jnp.einsum("...ij,...j->...i", L, eps)
 
 
 def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
@@ -45,16 +48,25 @@ def _inputs_or_zeros(params: ParamsLGSSM, T: int, inputs):
     return jnp.zeros((T, 0), params.initial.mean.dtype) if inputs is None else inputs
 
 
-def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
+def data_moments(emissions, inputs=None):
+    """Per-sequence ``row_moments`` of emissions (M, T, D) and inputs (M, T, U) or None: what the
+    sweep reads of the data besides h_t, computed once per block of sweeps (``kernels.Target``)."""
+    M, T, _ = emissions.shape
+    u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
+    return jax.vmap(row_moments)(emissions, u)
+
+
+def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None):
     """One draw of x_{1:T} ~ p(x | y, params) for one sequence, and log p(y | params) (the forward
     filter's, so that a sweep's recorded lp costs no filter pass of its own).
 
-    emissions (T, D) -> (states (T, S), log-likelihood ()).  The T x S standard normals come from one
-    draw: a key split and a small draw per time step cost more than the backward pass's arithmetic
-    at these sizes (docs/performance.md)."""
+    emissions (T, D) -> (states (T, S), log-likelihood ()); ``moments``: the sequence's
+    ``row_moments``, if known.  The T x S standard normals come from one draw: a key split and a
+    small draw per time step cost more than the backward pass's arithmetic at these sizes
+    (docs/performance.md)."""
     T = emissions.shape[0]
     log_likelihood, means, covs = kalman_filter(params, emissions, inputs, form=model.moments_form,
-                                   partial_missing=model.partial_missing)
+                                                partial_missing=model.partial_missing, moments=moments)
     u = _inputs_or_zeros(params, T, inputs)
     F, Q = params.dynamics.weights, params.dynamics.cov
     B, b = params.dynamics.input_weights, params.dynamics.bias
@@ -104,11 +116,12 @@ def impute_missing(key, params: ParamsLGSSM, emissions, states, inputs=None):
     return jnp.where(observed, emissions, mean + noise + w @ R.T)
 
 
-def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool):
+def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool, gram_y=None):
     """Draw the free part of (W, Sigma) from p(W, Sigma | Y, Z, frozen part), Y = Z W^T + N(0, Sigma).
 
     Args:
         Y: (N, k) responses.  Z: (N, p) regressors.  W: (k, p), Sigma: (k, k) current values.
+        gram_y: Y^T Y (k, k) if known (the data's, computed once per block), else computed here.
         prior: dynamax MNIW-like (loc (k, p), col_precision (p, p), df, scale (k, k)):
             W | Sigma ~ MN(loc, Sigma, col_precision^-1), Sigma ~ IW(df, scale).
         free_cols: static, which columns of W are sampled (the others are frozen).
@@ -126,6 +139,7 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     k_sigma, k_w = jax.random.split(key)
     nu, Psi = nu0, Psi0
     if f:
+        gram_y = None  # Y loses the frozen columns' part here
         Wf, M0f = W[:, f], M0[:, f]
         Y = Y - Z[:, f] @ Wf.T
         E = Wf - M0f
@@ -133,7 +147,8 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
         Psi = Psi + E @ jnp.linalg.solve(V_ff, E.T)
         nu = nu + len(f)
     if not a:  # every column frozen: Sigma | W ~ IW(nu + N, Psi + residual scatter)
-        return W, sample_inverse_wishart(k_sigma, nu + Y.shape[0], _sym(Psi + Y.T @ Y))
+        Syy = Y.T @ Y if gram_y is None else gram_y
+        return W, sample_inverse_wishart(k_sigma, nu + Y.shape[0], _sym(Psi + Syy))
     Lam_aa = Lam[np.ix_(a, a)]
     M0a = M0[:, a]
     if f:
@@ -141,7 +156,7 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     Za = Z[:, a]
     Sxx = _sym(Lam_aa + Za.T @ Za)
     Sxy = Za.T @ Y + Lam_aa @ M0a.T
-    Syy = Y.T @ Y + M0a @ Lam_aa @ M0a.T
+    Syy = (Y.T @ Y if gram_y is None else gram_y) + M0a @ Lam_aa @ M0a.T
     L_inv = small_solve_lower(small_cholesky(Sxx), jnp.eye(len(a), dtype=Sxx.dtype))  # Sxx^-1 = L_inv^T L_inv
     Mn = (L_inv.T @ (L_inv @ Sxy)).T  # (k, |a|)
     if sigma_free:
@@ -154,25 +169,27 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     return W.at[:, a].set(Wa), Sigma
 
 
-def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None):
+def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None):
     """x ~ p(x | y, params) for every sequence and log p(y | params).  emissions (M, T, D); inputs
-    (M, T, U) or None.  Returns (states (M, T, S), log-likelihood ())."""
+    (M, T, U) or None; moments: ``data_moments(emissions, inputs)`` or None.  Returns (states
+    (M, T, S), log-likelihood ())."""
     M = emissions.shape[0]
     keys = jax.random.split(key, M)
-    if model.input_dim:
-        x, ll = jax.vmap(lambda k, y, u: sample_states(k, model, params, y, u))(keys, emissions, inputs)
-    else:
-        x, ll = jax.vmap(lambda k, y: sample_states(k, model, params, y))(keys, emissions)
+    u = inputs if model.input_dim else None
+    one = lambda k, y, u, z: sample_states(k, model, params, y, u, z)
+    x, ll = jax.vmap(one, in_axes=(0, 0, None if u is None else 0, None if moments is None else 0))(
+        keys, emissions, u, moments)
     return x, jnp.sum(ll)
 
 
-def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, inputs=None):
+def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, inputs=None, moments=None):
     """One blocked-Gibbs sweep of the chain (params, states), in the order parameters | states, the
     latent-coordinate moves, then states | parameters (FFBS).
 
     Args:
         params: the chain's parameters.  states: (M, T, S) latent states drawn given them.
         emissions: (M, T, D); inputs: (M, T, U) or None.
+        moments: ``data_moments(emissions, inputs)`` (the same for every sweep) or None.
 
     Returns:
         (params, states, log p(y | params)) after the sweep: the log-likelihood of the new params
@@ -182,13 +199,14 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, input
         followed by a fresh draw of the states, so the chain keeps p(params, states | y) invariant.
     """
     k_params, k_states = jax.random.split(key)
-    params = draw_parameters(k_params, model, params, states, emissions, inputs)
-    return (params,) + draw_states(k_states, model, params, emissions, inputs)
+    params = draw_parameters(k_params, model, params, states, emissions, inputs, moments)
+    return (params,) + draw_states(k_states, model, params, emissions, inputs, moments)
 
 
-def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs=None):
+def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs=None, moments=None):
     """params ~ p(params | x, y) block by block (conjugate), then the latent-coordinate moves.
-    x: (M, T, S) states; emissions (M, T, D) with NaN entries imputed here given x."""
+    x: (M, T, S) states; emissions (M, T, D) with NaN entries imputed here given x; moments as in
+    ``gibbs_sweep`` (their y^T y is the emission block's, unless entries were imputed)."""
     M, T, _ = emissions.shape
     S, U = model.state_dim, model.input_dim
     k_y, k_init, k_dyn, k_em, k_move = jax.random.split(key, 5)
@@ -222,8 +240,10 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
                           params.emissions.bias[:, None]], axis=1)
     free_e = ([("emissions.weights" not in frozen)] * S + [("emissions.input_weights" not in frozen)] * U
               + [("emissions.bias" not in frozen)])
+    D = emissions.shape[-1]
+    gram_y = None if moments is None or model.has_missing else jnp.sum(moments[:, :D, :D], axis=0)
     We, R = regression_block(k_em, Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
-                              free_e, "emissions.cov" not in frozen)
+                              free_e, "emissions.cov" not in frozen, gram_y)
 
     params = ParamsLGSSM(
         initial=params.initial._replace(mean=W0[:, 0], cov=S0),

@@ -42,6 +42,16 @@ class Target(NamedTuple):
     anchor: ParamsLGSSM | dict
     emissions: jax.Array             # (M, T, D)
     inputs: Optional[jax.Array]      # (M, T, U) or None
+    #: the general Gibbs sweep's statistics of the data (``gibbs.data_moments``), or None
+    moments: Optional[jax.Array] = None
+
+    @classmethod
+    def of(cls, model, anchor, emissions, inputs) -> "Target":
+        """The target with the data's moments for the general LG-SSM: built once, outside a program's
+        loop over draws, they spare every Gibbs sweep two T x D x D products (a kernel that reads
+        none of them leaves them to XLA's dead-code elimination)."""
+        general = not isinstance(model, StructuralModel)
+        return cls(model, anchor, emissions, inputs, gibbs.data_moments(emissions, inputs) if general else None)
 
     def logdensity_fn(self):
         return self.model.logdensity_fn(self.anchor, self.emissions, self.inputs)
@@ -226,7 +236,8 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
         if isinstance(model, StructuralModel):
             return GibbsState(position, target.logdensity_fn()(position), jnp.zeros((0,), position.dtype))
         params = model.to_params(position, target.anchor)
-        latent, log_likelihood = gibbs.draw_states(key, model, params, target.emissions, target.inputs)
+        latent, log_likelihood = gibbs.draw_states(key, model, params, target.emissions, target.inputs,
+                                                   target.moments)
         return GibbsState(position, _log_density(model, position, params, log_likelihood), latent)
 
     def sweep(key, state: GibbsState, target: Target, tuning: Optional[Tuning]) -> GibbsState:
@@ -238,7 +249,7 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
             position = model.to_position(params)
             return GibbsState(position, target.logdensity_fn()(position), state.latent)
         params, latent, log_likelihood = gibbs.gibbs_sweep(key, model, params, state.latent, target.emissions,
-                                                           target.inputs)
+                                                           target.inputs, target.moments)
         position = model.to_position(params)
         return GibbsState(position, _log_density(model, position, params, log_likelihood), latent)
 

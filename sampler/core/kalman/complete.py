@@ -20,16 +20,30 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from sampler.core.kalman.common import LOG_2PI, with_gradient
-from sampler.core.kalman.linalg import as_lists, chol_lists, lower, lsum, solve_lower_lists, sym_lists
+from sampler.core.kalman.linalg import (as_lists, chol_lists, from_lists, lower, lsum, solve_lower_lists,
+                                       sym_lists)
 from sampler.core.kalman.smoother import fisher_gradient, rts_smoother
 
 
-def emission_terms(H, d, Dw, R, y, u):
+def row_moments(y, u):
+    """sum_t z_t z_t^T over the complete rows of one sequence, z_t = [y_t; u_t; 1]: (D+U+1, D+U+1).
+
+    The data's part of ``emission_terms``' Gram matrix (e_t = [I, -D, -d] z_t), for a caller that
+    filters the same data under many parameters (a Gibbs chain computes it once per block of sweeps
+    instead of a T x D x D product per sweep)."""
+    full = jnp.all(jnp.isfinite(y), axis=-1)
+    z = jnp.concatenate([y, u, jnp.ones_like(y[:, :1])], axis=-1)
+    z = jnp.where(full[:, None], z, 0.0)
+    return z.T @ z
+
+
+def emission_terms(H, d, Dw, R, y, u, moments=None):
     """Per-sequence emission terms of the complete rows (rows with any NaN count as missing).
 
     Returns full (T,) 0/1, e (T, D) residuals y - d - D u (zero on missing rows), R^-1 (D, D),
     J (S, S), h (T, S), the Gram matrix sum_t e_t e_t^T (D, D) and the constant part of
-    -2 log p(y): n (D log 2 pi + log|R|) + tr(R^-1 Gram)."""
+    -2 log p(y): n (D log 2 pi + log|R|) + tr(R^-1 Gram).  ``moments``: ``row_moments(y, u)`` if
+    the caller has it (the Gram matrix then costs no pass over T)."""
     D = R.shape[-1]
     full = jnp.all(jnp.isfinite(y), axis=-1).astype(R.dtype)
     e = (jnp.where(full[:, None] > 0, y, 0.0) - d - u @ Dw.T) * full[:, None]
@@ -38,7 +52,11 @@ def emission_terms(H, d, Dw, R, y, u):
     Ri = W.T @ W
     K = Ri @ H
     J = H.T @ K
-    gram = e.T @ e
+    if moments is None:
+        gram = e.T @ e
+    else:
+        M = jnp.concatenate([jnp.eye(D, dtype=R.dtype), -Dw, -d[:, None]], axis=1)
+        gram = M @ moments @ M.T
     const = (jnp.sum(full) * (D * LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))))
              + jnp.sum(Ri * gram))
     return full, e, Ri, 0.5 * (J + J.T), e @ K, gram, const
@@ -87,11 +105,11 @@ def _scan_lists(m0, P0, F, Q, c_next, J, h, full):
     return ll, list(mf), Pf
 
 
-def _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u):
+def _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments=None):
     """log p(y) and everything its gradient needs."""
     sym = lambda A: 0.5 * (A + A.T)
     P0, Q = sym(P0), sym(Q)
-    full, e, Ri, J, h, gram, const = emission_terms(H, d, Dw, R, y, u)
+    full, e, Ri, J, h, gram, const = emission_terms(H, d, Dw, R, y, u, moments)
     c_next = b + jnp.concatenate([u[1:], u[-1:]], axis=0) @ Bw.T
     ll, mf, Pf = _scan_lists(m0, P0, F, Q, c_next, J, h, full)
     return ll - 0.5 * const, (P0, Q, c_next, full, e, Ri, gram, mf, Pf)
@@ -115,6 +133,14 @@ def complete_value_and_grad(primals, need):
              8: lambda: Ri @ (e.T @ u - H @ (msf.T @ u)), 9: lambda: g["R"], 10: lambda: -Rs(),
              11: lambda: Rs() @ Dw + jnp.concatenate([jnp.zeros_like(u[:1]), gc @ Bw])}
     return ll, tuple(grads[i]() if n else None for i, n in enumerate(need))
+
+
+def complete_filter(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments=None):
+    """(log p(y | params), filtered means (T, S), filtered covariances (T, S, S)) of the complete-row
+    pass: ``kalman_filter``'s fast path for S <= ``UNROLL_MAX_DIM`` (same arguments as
+    ``complete_loglik_fn``, and ``row_moments(y, u)`` if known)."""
+    ll, (*_, mf, Pf) = _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments)
+    return ll, jnp.stack(mf, axis=-1), from_lists(sym_lists(Pf))
 
 
 def complete_loglik_fn(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u):

@@ -23,7 +23,8 @@ from jax.custom_batching import custom_vmap
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core.kalman.common import complete_params, with_gradient
-from sampler.core.kalman.complete import complete_loglik, complete_loglik_fn, complete_value_and_grad
+from sampler.core.kalman.complete import (complete_filter, complete_loglik, complete_loglik_fn,
+                                          complete_value_and_grad)
 from sampler.core.kalman.covariance import covariance_filter
 from sampler.core.kalman.information import information_filter
 from sampler.core.kalman.linalg import UNROLL_MAX_DIM
@@ -131,8 +132,11 @@ def _per_batch(exact, exact_vg, fast, fast_vg):
 
 
 def kalman_filter(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = None, *,
-                  form: Form = "auto", partial_missing: Optional[bool] = None):
+                  form: Form = "auto", partial_missing: Optional[bool] = None, moments=None):
     """Kalman filter: log-likelihood and filtered moments (same arguments as ``marginal_log_prob``).
+
+    ``moments``: ``row_moments(emissions, inputs)``, for a caller that filters the same data many
+    times; the complete-row path then skips its T x D x D product (the other paths ignore it).
 
     Returns:
         (log_likelihood (), filtered_means (T, S), filtered_covariances (T, S, S)).
@@ -147,6 +151,8 @@ def kalman_filter(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = 
 
     def path(partial):
         def one(p, y, u):
+            if not partial and form == "information" and p.initial.mean.shape[-1] <= UNROLL_MAX_DIM:
+                return complete_filter(*_leaves(p), y, u, moments)
             ll, (means, covs) = run(p, y, u, partial)
             return ll, means, covs
         return one
