@@ -136,8 +136,12 @@ def sample_gamma(key, shape):
         log_u = jnp.log(jax.random.uniform(k_u, z.shape, dtype))
         v = (1.0 + c * z) ** 3
         ok = (v > 0) & (log_u < 0.5 * z * z + d - d * v + d * jnp.log(jnp.where(v > 0, v, 1.0)))
-        first = jnp.argmax(ok, axis=0)
-        return jnp.any(ok, axis=0), d * jnp.take_along_axis(v, first[None], axis=0)[0]
+        # the first accepted proposal, by elementwise selects rather than reductions over the
+        # proposals' axis: each reduction is a fusion of its own that generates the draws again
+        found, value = ok[-1], v[-1]
+        for i in reversed(range(GAMMA_PROPOSALS - 1)):
+            found, value = found | ok[i], jnp.where(ok[i], v[i], value)
+        return found, d * value
 
     def more(carry):
         i, found, value = carry
