@@ -71,6 +71,9 @@ def test_thousand_shards_two_workers_one_straggler(tmp_path):
                                    run={"shard_size": 1}))
     ctx = RunContext(cfg, cfg.run.dir)
     assert len(ctx.shards) == NUM_SHARDS
+    # its own Ray: an earlier test in this process may have left the embedded one running (an
+    # in-process CLI run with workers, tests/helpers.py: cli_here)
+    ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ledger = Ledger.options(name="ledger").remote()
