@@ -135,8 +135,9 @@ def kalman_filter(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = 
                   form: Form = "auto", partial_missing: Optional[bool] = None, moments=None):
     """Kalman filter: log-likelihood and filtered moments (same arguments as ``marginal_log_prob``).
 
-    ``moments``: ``row_moments(emissions, inputs)``, for a caller that filters the same data many
-    times; the complete-row path then skips its T x D x D product (the other paths ignore it).
+    ``moments``: ``row_moments(emissions, inputs)`` (inputs as (T, 0) zeros when there are none),
+    for a caller that filters the same data many times; the complete-row path then skips its
+    T x D x D product (the other paths ignore it).
 
     Returns:
         (log_likelihood (), filtered_means (T, S), filtered_covariances (T, S, S)).
