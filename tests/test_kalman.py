@@ -135,6 +135,14 @@ def test_complete_row_filter_moments_match_dynamax_with_and_without_row_moments(
     assert float(without[0]) == pytest.approx(reference_skipping(params, np.asarray(y_gap)), rel=1e-9)
     for a, b in zip(without, with_moments):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # float32 data with a large mean: the moments are centred, so the log-likelihood keeps float32's
+    # precision (uncentred, sum_t y_t y_t^T ~ 1e8 T would swamp the residuals' Gram matrix ~ T)
+    offset = params._replace(emissions=params.emissions._replace(bias=params.emissions.bias + 1e4))
+    f32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+    p32, y32 = f32(offset), (y + 1e4).astype(jnp.float32)
+    exact = float(run(offset, y + 1e4, None, None)[0])
+    for moments in (None, row_moments(y32, jnp.zeros((40, 0), jnp.float32))):
+        assert float(run(p32, y32, None, moments)[0]) == pytest.approx(exact, rel=1e-3)
 
 
 # --- the parallel-in-time filter: few, jitted checks (its associative scan compiles slowly on CPU) ----

@@ -56,6 +56,14 @@ def data_moments(emissions, inputs=None):
     return jax.vmap(row_moments)(emissions, u)
 
 
+def _gram_of_y(moments):
+    """sum over sequences and rows of y_t y_t^T, from per-sequence ``RowMoments`` (leading axis M):
+    each sequence's centred block plus n c c^T (n its complete rows, the Gram matrix's last entry)."""
+    D = moments.centre.shape[-1]
+    c, n = moments.centre, moments.gram[:, -1, -1]
+    return jnp.sum(moments.gram[:, :D, :D] + n[:, None, None] * c[:, :, None] * c[:, None, :], axis=0)
+
+
 def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None):
     """One draw of x_{1:T} ~ p(x | y, params) for one sequence, and log p(y | params) (the forward
     filter's, so that a sweep's recorded lp costs no filter pass of its own).
@@ -240,8 +248,7 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
                           params.emissions.bias[:, None]], axis=1)
     free_e = ([("emissions.weights" not in frozen)] * S + [("emissions.input_weights" not in frozen)] * U
               + [("emissions.bias" not in frozen)])
-    D = emissions.shape[-1]
-    gram_y = None if moments is None or model.has_missing else jnp.sum(moments[:, :D, :D], axis=0)
+    gram_y = None if moments is None or model.has_missing else _gram_of_y(moments)
     We, R = regression_block(k_em, Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
                               free_e, "emissions.cov" not in frozen, gram_y)
 

@@ -31,6 +31,7 @@ from blackjax.mcmc.hmc import HMCState as ChainState
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import gibbs, priors
+from sampler.core.kalman import RowMoments
 from sampler.core.model import Model
 from sampler.core.structural import gibbs as structural_gibbs
 from sampler.core.structural.model import StructuralModel
@@ -43,7 +44,7 @@ class Target(NamedTuple):
     emissions: jax.Array             # (M, T, D)
     inputs: Optional[jax.Array]      # (M, T, U) or None
     #: the general Gibbs sweep's statistics of the data (``gibbs.data_moments``), or None
-    moments: Optional[jax.Array] = None
+    moments: Optional[RowMoments] = None
 
     @classmethod
     def of(cls, model, anchor, emissions, inputs) -> "Target":

@@ -3,9 +3,9 @@
 unrolled); ``filter`` picks one; ``linalg`` holds the unrolled small-matrix algebra the filters (and
 the Gibbs sampler's backward pass) share."""
 from sampler.core.kalman.common import observed_noise, predict
-from sampler.core.kalman.complete import row_moments
+from sampler.core.kalman.complete import RowMoments, row_moments
 from sampler.core.kalman.filter import FORMS, Form, kalman_filter, marginal_log_prob, resolve_form
 from sampler.core.kalman.linalg import small_cholesky, small_matmul, small_solve_lower
 
-__all__ = ["FORMS", "Form", "kalman_filter", "marginal_log_prob", "observed_noise", "predict",
+__all__ = ["FORMS", "Form", "RowMoments", "kalman_filter", "marginal_log_prob", "observed_noise", "predict",
            "resolve_form", "row_moments", "small_cholesky", "small_matmul", "small_solve_lower"]

@@ -15,6 +15,8 @@ This is the path ``marginal_log_prob`` takes whenever no row of the data is part
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
@@ -25,16 +27,24 @@ from sampler.core.kalman.linalg import (as_lists, chol_lists, from_lists, lower,
 from sampler.core.kalman.smoother import fisher_gradient, rts_smoother
 
 
-def row_moments(y, u):
-    """sum_t z_t z_t^T over the complete rows of one sequence, z_t = [y_t; u_t; 1]: (D+U+1, D+U+1).
+class RowMoments(NamedTuple):
+    """The data's part of ``emission_terms``' Gram matrix, for a caller that filters the same data
+    under many parameters (a Gibbs chain computes it once per block of sweeps instead of a T x D x D
+    product per sweep): ``gram`` = sum_t z_t z_t^T over the complete rows, z_t = [y_t - centre; u_t; 1],
+    so that e_t = y_t - d - D u_t = [I, -D, centre - d] z_t.  Centred on the rows' mean, so that the
+    residuals' Gram matrix formed from it keeps float32 precision when y has a large mean."""
+    centre: jax.Array   # (D,)
+    gram: jax.Array     # (D+U+1, D+U+1)
 
-    The data's part of ``emission_terms``' Gram matrix (e_t = [I, -D, -d] z_t), for a caller that
-    filters the same data under many parameters (a Gibbs chain computes it once per block of sweeps
-    instead of a T x D x D product per sweep)."""
+
+def row_moments(y, u) -> RowMoments:
+    """``RowMoments`` of one sequence's emissions y (T, D) and inputs u (T, U) (width 0 for none)."""
     full = jnp.all(jnp.isfinite(y), axis=-1)
-    z = jnp.concatenate([y, u, jnp.ones_like(y[:, :1])], axis=-1)
+    observed = jnp.where(full[:, None], y, 0.0)
+    centre = jnp.sum(observed, axis=0) / jnp.maximum(jnp.sum(full), 1).astype(y.dtype)
+    z = jnp.concatenate([observed - centre, u, jnp.ones_like(y[:, :1])], axis=-1)
     z = jnp.where(full[:, None], z, 0.0)
-    return z.T @ z
+    return RowMoments(centre, z.T @ z)
 
 
 def emission_terms(H, d, Dw, R, y, u, moments=None):
@@ -55,8 +65,8 @@ def emission_terms(H, d, Dw, R, y, u, moments=None):
     if moments is None:
         gram = e.T @ e
     else:
-        M = jnp.concatenate([jnp.eye(D, dtype=R.dtype), -Dw, -d[:, None]], axis=1)
-        gram = M @ moments @ M.T
+        M = jnp.concatenate([jnp.eye(D, dtype=R.dtype), -Dw, (moments.centre - d)[:, None]], axis=1)
+        gram = M @ moments.gram @ M.T
     const = (jnp.sum(full) * (D * LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))))
              + jnp.sum(Ri * gram))
     return full, e, Ri, 0.5 * (J + J.T), e @ K, gram, const
