@@ -53,7 +53,28 @@ def _cap_xla_cpu_isa() -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
 
 
+def _one_cpu_device_per_core() -> None:
+    """Present each usable core as its own XLA:CPU device (``--xla_force_host_platform_device_count``)
+    unless the user set a count.
+
+    Why: XLA:CPU runs a Gibbs sweep's many small kernels one after another, so one program over a
+    shard's chains keeps about one core busy; split over one device per core (``engine.device_count``)
+    the chains run as concurrent programs.  Measured on this project's 2-core CPU: the sweep 1.3-1.6x
+    faster at 64 to 1,024 chains, the draws bitwise the same as on one device (docs/performance.md).
+    Only the host platform is affected: on a GPU box the engine still splits over the GPUs."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if cores > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
+
+
 _cap_xla_cpu_isa()
+_one_cpu_device_per_core()
 
 __version__ = "0.1.0"
 __all__ = ["forecast", "forecast_frame", "kalman", "open_run", "run"]

@@ -103,7 +103,7 @@ def _compile_seconds(ctx, inputs, block: int) -> dict:
         t = time.perf_counter()
         runner.init_program(ctx).lower(inputs.keys, b.emissions, b.inputs, b.init_values).compile()
         t_init = time.perf_counter()
-        engine.sample_program(ctx.model, ctx.kernel, min(block, s.num_draws)).lower(
+        engine.sample_program(ctx.model, ctx.kernel, min(block, s.num_draws), ctx.num_devices).lower(
             inputs.keys, runner.chains_template(ctx, inputs), b.emissions, b.inputs, np.int32(0),
             np.int32(block)).compile()
         return {"compile_warmup_s": t_init - t, "compile_block_s": time.perf_counter() - t_init}

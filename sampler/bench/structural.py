@@ -30,7 +30,8 @@ MODELS = {
 
 
 def _problem(components, num_series: int, T: int, num_chains: int, seed: int = 0):
-    """The model, (B, 1, T, 1) emissions from its prior (standardised per series) and chain keys."""
+    """The model, (B, 1, T, 1) emissions from its prior (standardised per series), chain keys and the
+    devices a run would split them over (``engine.device_count``; B padded for them)."""
     model = StructuralModel(components, 1)
     keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_series)
     y = np.stack([np.asarray(sample_emissions(k2, model, prior_draw(k1, model), T))[:, 0]
@@ -39,7 +40,9 @@ def _problem(components, num_series: int, T: int, num_chains: int, seed: int = 0
     em = jnp.asarray(np.repeat(y, num_chains, 0)[:, None, :, None])
     chain_keys = engine.chain_keys(0, jnp.repeat(jnp.arange(num_series), num_chains),
                                    jnp.tile(jnp.arange(num_chains), num_series))
-    return model, em, chain_keys
+    devices = engine.device_count(num_series)
+    em, chain_keys = engine.pad_to_devices((em, chain_keys), num_series * num_chains, num_chains, devices)
+    return model, em, chain_keys, devices
 
 
 def sweep_throughput(num_series: int = 64, T: int = 96, num_chains: int = 4, sweeps: int = 100) -> list[dict]:
@@ -47,10 +50,10 @@ def sweep_throughput(num_series: int = 64, T: int = 96, num_chains: int = 4, swe
     kernel = kernels.build("gibbs")
     rows = []
     for name, components in MODELS.items():
-        model, em, keys = _problem(components, num_series, T, num_chains)
+        model, em, keys, devices = _problem(components, num_series, T, num_chains)
         t0 = time.perf_counter()
-        chains = jax.block_until_ready(engine.init_program(model, kernel, 20, num_chains)(keys, em, None, {}))
-        program = engine.sample_program(model, kernel, sweeps)
+        chains = jax.block_until_ready(engine.init_program(model, kernel, 20, num_chains, devices)(keys, em, None, {}))
+        program = engine.sample_program(model, kernel, sweeps, devices)
         jax.block_until_ready(program(keys, chains, em, None, np.int32(0), np.int32(sweeps)))
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -65,11 +68,11 @@ def sweep_throughput(num_series: int = 64, T: int = 96, num_chains: int = 4, swe
 def monthly_panel(num_series: int = 1000, T: int = 96, num_chains: int = 4, burn_in: int = 500,
                   sweeps: int = 1000, block: int = 250) -> dict:
     """Wall time (incl. compilation) of burn-in + ``sweeps`` for ``num_series`` monthly series."""
-    model, em, keys = _problem(MODELS["trend + seasonal(12)"], num_series, T, num_chains)
+    model, em, keys, devices = _problem(MODELS["trend + seasonal(12)"], num_series, T, num_chains)
     kernel = kernels.build("gibbs")
     t0 = time.perf_counter()
-    chains = engine.init_program(model, kernel, burn_in, num_chains)(keys, em, None, {})
-    program = engine.sample_program(model, kernel, block)
+    chains = engine.init_program(model, kernel, burn_in, num_chains, devices)(keys, em, None, {})
+    program = engine.sample_program(model, kernel, block, devices)
     for start in range(0, sweeps, block):
         chains, draws = program(keys, chains, em, None, np.int32(start), np.int32(min(block, sweeps - start)))
         np.asarray(draws.lp)  # to the host, as a run would

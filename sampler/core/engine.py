@@ -124,56 +124,69 @@ def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
 
 
 # --- batched, device-split programs ------------------------------------------------------------------
-def _split_over_devices(fn, num_batched: int, num_replicated: int):
-    """Run ``fn`` (batched args first, then replicated scalars) over all local devices.
+def device_count(num_datasets: int, limit: Optional[int] = None) -> int:
+    """How many local devices a shard of ``num_datasets`` datasets is split over: all of them (at
+    most ``limit``), but never more than it has datasets (a device would hold only padding).
+
+    On a CPU host ``sampler`` presents one device per core (``sampler/__init__.py``), so a shard's
+    chains run as that many concurrent programs: XLA:CPU runs the sweep's small kernels one at a
+    time, and a single program leaves the other cores mostly idle (measured: docs/performance.md)."""
+    n = jax.local_device_count() if limit is None else min(limit, jax.local_device_count())
+    return max(1, min(n, num_datasets))
+
+
+def _split_over_devices(fn, num_batched: int, num_replicated: int, num_devices: int):
+    """Run ``fn`` (batched args first, then replicated scalars) over the first ``num_devices`` local
+    devices.
 
     With one device this is plain ``jit``.  With several, the batch axis is split over a 1-D mesh with
     ``shard_map`` so that every device runs its own loops (a vmapped NUTS ``while_loop`` does not wait
-    for the longest trajectory on another device).  B must be a multiple of the device count.
+    for the longest trajectory on another device).  B must be a multiple of ``num_devices``.
     """
-    devices = jax.local_devices()
-    if len(devices) == 1:
+    if num_devices == 1:
         return jax.jit(fn)
-    mesh = Mesh(np.array(devices), ("batch",))
+    mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("batch",))
     in_specs = (P("batch"),) * num_batched + (P(),) * num_replicated
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("batch"), check_vma=False))
 
 
 @lru_cache(maxsize=None)
-def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, num_chains: int):
-    """Compiled ``(keys, emissions, inputs, init_values) -> Chains``: initial values + warmup.
+def init_program(model: Model, kernel: kernels.Kernel, num_warmup: int, num_chains: int, num_devices: int = 1):
+    """Compiled ``(keys, emissions, inputs, init_values) -> Chains``: initial values + warmup, split
+    over ``num_devices`` (``device_count``).
 
     A cross-chain kernel adapts each dataset's ``num_chains`` consecutive rows together, so every
     device's part of B must hold whole datasets (``pad_to_devices(..., group=num_chains)``).
     """
     if not kernel.cross_chain:
-        return _split_over_devices(jax.vmap(partial(_init_one, model, kernel, num_warmup)), 4, 0)
+        return _split_over_devices(jax.vmap(partial(_init_one, model, kernel, num_warmup)), 4, 0, num_devices)
     per_dataset = jax.vmap(partial(_init_dataset, model, kernel, num_warmup))
 
     def grouped(*args):
         by_dataset = lambda x: x.reshape((x.shape[0] // num_chains, num_chains) + x.shape[1:])
         by_chain = lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
         return jax.tree.map(by_chain, per_dataset(*jax.tree.map(by_dataset, args)))
-    return _split_over_devices(grouped, 4, 0)
+    return _split_over_devices(grouped, 4, 0, num_devices)
 
 
 @lru_cache(maxsize=None)
-def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int):
+def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int, num_devices: int = 1):
     """Compiled ``(keys, chains, emissions, inputs, start, count) -> (chains, draws)`` for a block of
-    ``count <= num_draws`` draws: one program serves every block, the shorter last one included
-    (its chains advance ``count`` draws; draw slots past ``count`` are zeros, for the caller to drop).
+    ``count <= num_draws`` draws, split over ``num_devices``: one program serves every block, the
+    shorter last one included (its chains advance ``count`` draws; draw slots past ``count`` are
+    zeros, for the caller to drop).
 
     ``draws`` leaves come out as (B, num_draws, ...).
     """
     one = partial(_sample_one, model, kernel, num_draws)
-    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)), 4, 2)
+    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)), 4, 2, num_devices)
 
 
-def pad_to_devices(tree, batch: int, group: int = 1):
+def pad_to_devices(tree, batch: int, group: int = 1, num_devices: int = 1):
     """Pad the leading axis of every leaf from ``batch`` (a multiple of ``group``) to a multiple of
-    ``group`` x the local device count by repeating the last ``group`` rows (a whole dataset's chains;
+    ``group`` x ``num_devices`` by repeating the last ``group`` rows (a whole dataset's chains;
     padded chains are real computations whose results are discarded)."""
-    n = jax.local_device_count() * group
+    n = num_devices * group
     padded = -(-batch // n) * n
     if padded == batch:
         return tree

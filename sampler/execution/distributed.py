@@ -31,8 +31,9 @@ class ShardWorker:
         # JAX hygiene: do not grab all GPU memory (several actors may share a host); Ray sets
         # CUDA_VISIBLE_DEVICES to the GPU it assigned, so JAX sees only that one
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        # the driver's config, not DIR/config.toml: a resumed run may read its data from a new path
-        self.ctx = RunContext(cfg, run_dir)
+        # the driver's config, not DIR/config.toml: a resumed run may read its data from a new path;
+        # an actor holds one CPU (``_new_worker``), so on a CPU node its shards run on one device
+        self.ctx = RunContext(cfg, run_dir, max_devices=1)
 
     def run(self, shard: Shard) -> int:
         return runner.run_shard(self.ctx, shard)

@@ -34,9 +34,10 @@ from sampler.storage.rundir import RunDir, Shard, plan_shards
 class RunContext:
     """A validated config with its model, data and kernel: everything ``run_shard`` needs."""
 
-    def __init__(self, cfg: Config, run_dir: Path):
+    def __init__(self, cfg: Config, run_dir: Path, max_devices: Optional[int] = None):
         configure_jax(cfg.sampler.dtype)
         self.cfg = cfg
+        self.max_devices = max_devices
         self.run_dir = RunDir(run_dir)
         self.data = data_mod.load(cfg)
         self.model = models.from_config(cfg.model, self.data.emissions)
@@ -72,6 +73,11 @@ class RunContext:
     def shard_size(self) -> int:
         n = self.data.num_datasets
         return min(self.cfg.run.shard_size or n, n)
+
+    @property
+    def num_devices(self) -> int:
+        """Local devices a shard is split over (``engine.device_count``; at most ``max_devices``)."""
+        return engine.device_count(self.shard_size, self.max_devices)
 
 
 # --- run directory -----------------------------------------------------------------------------------
@@ -173,7 +179,7 @@ def shard_inputs(ctx: RunContext, shard: Shard) -> ShardInputs:
         emissions=ctx.data.emissions[idx].astype(dtype),
         inputs=None if ctx.data.inputs is None else ctx.data.inputs[idx].astype(dtype),
         init_values={k: v[idx].astype(dtype) for k, v in ctx.data.init_values.items()})
-    batch = engine.pad_to_devices(batch, len(idx), group=C)
+    batch = engine.pad_to_devices(batch, len(idx), group=C, num_devices=ctx.num_devices)
     return ShardInputs(batch, engine.chain_keys(ctx.cfg.sampler.seed, batch.dataset, batch.chain),
                        (shard.stop - shard.start) * C)
 
@@ -183,7 +189,7 @@ def init_program(ctx: RunContext):
     burn-in runs on the block program)."""
     s = ctx.cfg.sampler
     num_warmup = 0 if kernels.burns_in_with_steps(ctx.kernel, ctx.model) else s.num_warmup
-    return engine.init_program(ctx.model, ctx.kernel, num_warmup, s.num_chains)
+    return engine.init_program(ctx.model, ctx.kernel, num_warmup, s.num_chains, ctx.num_devices)
 
 
 def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
@@ -221,7 +227,7 @@ def _compile_block_program(ctx: RunContext, inputs: ShardInputs) -> None:
 def _block_program(ctx: RunContext):
     """The one compiled program of every block (the last, shorter one included)."""
     size = min(ctx.cfg.run.checkpoint_every, ctx.cfg.sampler.num_draws)
-    return engine.sample_program(ctx.model, ctx.kernel, size)
+    return engine.sample_program(ctx.model, ctx.kernel, size, ctx.num_devices)
 
 
 def chains_template(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
