@@ -122,12 +122,18 @@ def _drop_closed_loop_callback(unraisable) -> bool:
             and str(unraisable.exc_value) == "Event loop is closed")
 
 
+def _drop_unretrieved_future(record) -> bool:
+    """asyncio's report of a failed save's write future, garbage-collected unread (at any later
+    time, even at exit): the save's exception already said it."""
+    return not record.getMessage().startswith("Future exception was never retrieved")
+
+
 @contextmanager
 def _quiet_if_failing():
     """Hold orbax's ERROR logs (with tracebacks, one per writer thread) and tensorstore's 'Event loop
     is closed' reports while a save runs; on success they are emitted as usual, on failure dropped:
     the exception raised says it once (the CLI makes it one line).  After a failure, late 'Event
-    loop is closed' reports stay dropped."""
+    loop is closed' reports and asyncio's 'Future exception was never retrieved' stay dropped."""
     held_records, held_unraisable = [], []
     absl = logging.getLogger("absl")
     previous_hook = sys.unraisablehook
@@ -148,6 +154,7 @@ def _quiet_if_failing():
         yield
     except BaseException:
         sys.unraisablehook = lambda u: None if _drop_closed_loop_callback(u) else previous_hook(u)
+        logging.getLogger("asyncio").addFilter(_drop_unretrieved_future)
         raise
     else:
         sys.unraisablehook = previous_hook
