@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import kernels
@@ -147,7 +147,14 @@ def _split_over_devices(fn, num_batched: int, num_replicated: int, num_devices: 
         return jax.jit(fn)
     mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("batch",))
     in_specs = (P("batch"),) * num_batched + (P(),) * num_replicated
-    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("batch"), check_vma=False))
+    split = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("batch"), check_vma=False)
+    # Shardings fixed in the signature, not inferred from the arguments: one compiled program then
+    # serves host arrays, restored checkpoints, another program's outputs and shape-only lowering
+    # (``runner.init_chains``'s head start), where inferred ones made the first call compile the block
+    # program a second time (measured: docs/performance.md).
+    batched, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    return jax.jit(split, in_shardings=(batched,) * num_batched + (replicated,) * num_replicated,
+                   out_shardings=batched)
 
 
 @lru_cache(maxsize=None)
