@@ -15,15 +15,11 @@ import jax.numpy as jnp
 from jax.scipy.special import multigammaln
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler.core.kalman.linalg import small_cholesky, small_solve_lower
+from sampler.core.kalman.linalg import log_det_cholesky, small_cholesky, small_solve_lower
 
 #: a Python float, not a jnp constant: made at import, which in the CLI precedes enabling float64, a
 #: jnp constant would stay float32 and shift every lp by ~1e-7 (CLI against in-process runs)
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _logdet_chol(L):
-    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
 
 
 def inverse_wishart_log_prob(Sigma, df, scale):
@@ -32,8 +28,8 @@ def inverse_wishart_log_prob(Sigma, df, scale):
     L = small_cholesky(Sigma)
     Ls = small_cholesky(scale)
     A = small_solve_lower(L, Ls)  # tr(scale Sigma^-1) = ||L^-1 Ls||_F^2
-    return (0.5 * df * _logdet_chol(Ls) - 0.5 * df * k * jnp.log(2.0) - multigammaln(0.5 * df, k)
-            - 0.5 * (df + k + 1) * _logdet_chol(L) - 0.5 * jnp.sum(A * A))
+    return (0.5 * df * log_det_cholesky(Ls) - 0.5 * df * k * jnp.log(2.0) - multigammaln(0.5 * df, k)
+            - 0.5 * (df + k + 1) * log_det_cholesky(L) - 0.5 * jnp.sum(A * A))
 
 
 def matrix_normal_quadratic(W, loc, row_chol_inv, col_precision):
@@ -48,7 +44,7 @@ def matrix_normal_log_prob(W, loc, row_cov, col_precision):
     k, p = W.shape
     L = small_cholesky(row_cov)
     L_inv = small_solve_lower(L, jnp.eye(k, dtype=L.dtype))
-    return (-0.5 * k * p * _LOG_2PI - 0.5 * p * _logdet_chol(L) + 0.5 * k * _logdet_chol(small_cholesky(col_precision))
+    return (-0.5 * k * p * _LOG_2PI - 0.5 * p * log_det_cholesky(L) + 0.5 * k * log_det_cholesky(small_cholesky(col_precision))
             + matrix_normal_quadratic(W, loc, L_inv, col_precision))
 
 
@@ -144,11 +140,15 @@ def sample_gamma(key, shape):
         return found, d * value
 
     def more(carry):
+        # iteration 0 proposes under k_first, iteration i > 0 under fold_in(k_more, i - 1): the
+        # first batch is drawn inside the loop so that ``propose`` (two random draws) is traced and
+        # compiled once, not twice (measured: docs/performance.md)
         i, found, value = carry
-        new_found, new_value = propose(jax.random.fold_in(k_more, i))
+        key = jnp.where(i == 0, k_first, jax.random.fold_in(k_more, i - 1))
+        new_found, new_value = propose(key)
         return i + 1, found | new_found, jnp.where(found, value, new_value)
 
-    found, value = propose(k_first)
-    _, _, value = jax.lax.while_loop(lambda carry: ~jnp.all(carry[1]), more, (0, found, value))
+    start = (0, jnp.zeros(shape.shape, bool), jnp.zeros_like(shape))
+    _, _, value = jax.lax.while_loop(lambda carry: (carry[0] == 0) | ~jnp.all(carry[1]), more, start)
     u = jax.random.uniform(k_boost, shape.shape, dtype, minval=jnp.finfo(dtype).tiny)
     return jnp.where(boost, value * u ** (1.0 / shape), value)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from sampler.core.kalman.common import LOG_2PI, with_gradient
-from sampler.core.kalman.linalg import (as_lists, chol_lists, from_lists, lower, lsum, solve_lower_lists,
-                                       sym_lists)
+from sampler.core.kalman.linalg import (as_lists, chol_lists, from_lists, log_det_cholesky, lower, lsum,
+                                       solve_lower_lists, sym_lists)
 from sampler.core.kalman.smoother import fisher_gradient, rts_smoother
 
 
@@ -67,7 +67,7 @@ def emission_terms(H, d, Dw, R, y, u, moments=None):
     else:
         M = jnp.concatenate([jnp.eye(D, dtype=R.dtype), -Dw, (moments.centre - d)[:, None]], axis=1)
         gram = M @ moments.gram @ M.T
-    const = (jnp.sum(full) * (D * LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))))
+    const = (jnp.sum(full) * (D * LOG_2PI + log_det_cholesky(L))
              + jnp.sum(Ri * gram))
     return full, e, Ri, 0.5 * (J + J.T), e @ K, gram, const
 
