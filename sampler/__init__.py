@@ -61,7 +61,8 @@ def _one_cpu_device_per_core() -> None:
     shard's chains keeps about one core busy; split over one device per core (``engine.device_count``)
     the chains run as concurrent programs.  Measured on this project's 2-core CPU: the block program
     1.2-1.7x faster at 64 to 1,024 chains, a run of 256 datasets x 4 chains to
-    ESS 400 1.17x warm and 1.27x from a cold compilation cache (98 -> 77 s), the draws bitwise the same as on one device (docs/performance.md).
+    ESS 400 1.17x warm and 1.24x from a cold compilation cache (95 -> 77 s), the draws bitwise the
+    same as on one device (docs/performance.md).
     Only the host platform is affected: on a GPU box the engine still splits over the GPUs."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
