@@ -198,12 +198,16 @@ def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
     The block program (``iter_blocks``) compiles meanwhile in a background thread: XLA compiles
     without the GIL, so its compile overlaps the warmup program's compile and run instead of
     following them (measured: docs/performance.md), and ``iter_blocks`` finds it in JAX's cache.
+    The warmup program is traced only once the block program is lowered: tracing holds the GIL, so
+    two traces at once both finish late, and the block program's compile is the longer one.
     Where the warmup is burn-in (Gibbs on the general LG-SSM), its ``num_warmup`` sweeps then run
     on that block program under each chain's warmup keys, their draws dropped: the sweep is compiled
     once per run instead of once in each program (docs/performance.md, "Start-up")."""
     b = inputs.batch
-    ahead = threading.Thread(target=_compile_block_program, args=(ctx, inputs), daemon=True)
+    traced = threading.Event()
+    ahead = threading.Thread(target=_compile_block_program, args=(ctx, inputs, traced), daemon=True)
     ahead.start()
+    traced.wait()
     try:
         chains = init_program(ctx)(inputs.keys, b.emissions, b.inputs, b.init_values)
     finally:
@@ -215,12 +219,20 @@ def init_chains(ctx: RunContext, inputs: ShardInputs) -> engine.Chains:
     return chains
 
 
-def _compile_block_program(ctx: RunContext, inputs: ShardInputs) -> None:
+def _compile_block_program(ctx: RunContext, inputs: ShardInputs, traced: threading.Event) -> None:
+    """Lower the block program, set ``traced`` (also on failure), then compile it.  Any failure is
+    dropped: this is only a head start, and the program's own first call reports it."""
     b = inputs.batch
-    chains = jax.eval_shape(init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
     try:
-        _block_program(ctx).lower(inputs.keys, chains, b.emissions, b.inputs, np.int32(0), np.int32(0)).compile()
-    except Exception:  # noqa: BLE001 -- only a head start: the program's own first call reports it
+        chains = jax.eval_shape(init_program(ctx), inputs.keys, b.emissions, b.inputs, b.init_values)
+        lowered = _block_program(ctx).lower(inputs.keys, chains, b.emissions, b.inputs, np.int32(0), np.int32(0))
+    except Exception:  # noqa: BLE001
+        return
+    finally:
+        traced.set()
+    try:
+        lowered.compile()
+    except Exception:  # noqa: BLE001
         pass
 
 
