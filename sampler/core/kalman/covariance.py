@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from sampler.core.kalman.common import LOG_2PI, observed_noise, predict
+from sampler.core.kalman.linalg import log_det_cholesky
 
 
 def covariance_filter(params, emissions, inputs):
@@ -27,7 +28,7 @@ def covariance_filter(params, emissions, inputs):
         L_S = jnp.linalg.cholesky(Hm @ P @ Hm.T + R_tt)
         v = solve_triangular(L_S, r, lower=True)
         G = solve_triangular(L_S, Hm @ P, lower=True)
-        ll_t = -0.5 * (jnp.sum(m_t) * LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L_S))) + v @ v)
+        ll_t = -0.5 * (jnp.sum(m_t) * LOG_2PI + log_det_cholesky(L_S) + v @ v)
         m_post = m + G.T @ v
         P_post = 0.5 * (P - G.T @ G + (P - G.T @ G).T)
         m_pred, P_pred = predict(m_post, P_post, params, u_next)

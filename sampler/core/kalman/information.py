@@ -13,7 +13,7 @@ from jax.scipy.linalg import solve_triangular
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core.kalman.common import LOG_2PI, observed_noise
-from sampler.core.kalman.linalg import small_cholesky, small_matmul, small_solve_lower
+from sampler.core.kalman.linalg import log_det_cholesky, small_cholesky, small_matmul, small_solve_lower
 
 
 def info_terms(params: ParamsLGSSM, emissions, inputs, partial_missing: bool):
@@ -37,7 +37,7 @@ def info_terms(params: ParamsLGSSM, emissions, inputs, partial_missing: bool):
         J = jnp.einsum("tds,tdr->tsr", A, A)
         h = jnp.einsum("tds,td->ts", A, z)
         q = jnp.sum(z * z, axis=-1)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+        logdet = log_det_cholesky(L)
         n_obs = jnp.sum(m, axis=-1)
         return J, h, q, logdet, n_obs
     full = jnp.all(observed, axis=-1).astype(H.dtype)  # (T,)
@@ -48,7 +48,7 @@ def info_terms(params: ParamsLGSSM, emissions, inputs, partial_missing: bool):
     J = (A.T @ A)[None] * full[:, None, None]
     h = Z.T @ A  # (T, S), zero on missing rows because e is
     q = jnp.sum(Z * Z, axis=0)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))) * full
+    logdet = log_det_cholesky(L) * full
     n_obs = full * emissions.shape[-1]
     return J, h, q, logdet, n_obs
 
@@ -65,7 +65,7 @@ def info_update(m, P, J_t, h_t, q_t, ld_t, n_t):
     C = small_cholesky(eye + mm(mm(L.T, J_t), L))
     Jm = mm(J_t, m)
     v = small_solve_lower(C, mm(L.T, h_t - Jm))
-    ll_t = -0.5 * (n_t * LOG_2PI + ld_t + 2.0 * jnp.sum(jnp.log(jnp.diagonal(C)))
+    ll_t = -0.5 * (n_t * LOG_2PI + ld_t + log_det_cholesky(C)
                    + q_t - 2.0 * jnp.sum(m * h_t) + jnp.sum(m * Jm) - jnp.sum(v * v))
     Wt = small_solve_lower(C, L.T)
     return ll_t, m + mm(Wt.T, v), mm(Wt.T, Wt)
