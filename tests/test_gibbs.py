@@ -75,6 +75,27 @@ def test_the_emission_block_reads_the_data_moments_as_it_would_compute_them():
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
 
 
+def test_a_chain_without_states_starts_its_first_sweep_at_the_moves():
+    """Before its first sweep a chain has parameters only (``undrawn_states``, all NaN): the sweep
+    keeps the parameters the conjugate blocks would draw given states (R, which no move changes,
+    stays bitwise), draws finite states and reports the log-likelihood of the parameters it ends at; from
+    drawn states the same call does draw R."""
+    from sampler.core import gibbs, kalman
+    from sampler.core.model import Model
+    model = Model(2, 3)
+    params = model.initial_params(jax.random.PRNGKey(0), {})
+    _, y = model.ssm.sample(params, jax.random.PRNGKey(1), 40)
+    y = jnp.stack([y, y[::-1]])                                          # (M, T, D), M = 2
+    sweep = jax.jit(lambda p, x: gibbs.gibbs_sweep(jax.random.PRNGKey(2), model, p, x, y))
+    new, states, ll = sweep(params, gibbs.undrawn_states(model, y))
+    np.testing.assert_array_equal(new.emissions.cov, params.emissions.cov)
+    assert states.shape == (2, 40, 2) and np.all(np.isfinite(states))
+    expected = sum(float(kalman.marginal_log_prob(new, y[m])) for m in range(2))
+    assert float(ll) == pytest.approx(expected, rel=1e-9)
+    drawn, _, _ = sweep(params, states)
+    assert not np.allclose(drawn.emissions.cov, params.emissions.cov)
+
+
 @pytest.mark.slow
 def test_seed_posterior_of_R_matches_dynamax_blocked_gibbs(tmp_path):
     """Our batched Gibbs on the seed data vs a long run of dynamax's own fit_blocked_gibbs (independent

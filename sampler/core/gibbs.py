@@ -7,7 +7,8 @@ with dynamax's priors; (3) Metropolis moves along the directions the likelihood 
 of latent coordinates, ``latent_space_moves``), which the Gibbs blocks alone explore by a slow random
 walk; (4) draw the latent states of every sequence by forward filtering, backward sampling (FFBS
 through ``sampler.core.kalman``), whose forward filter also gives the new parameters' likelihood.
-Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
+A chain starts from parameters alone (``undrawn_states``): its first sweep skips (2), which would
+condition on states it does not have, so its states come from (4).  Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
 them (see ``regression_block``): this is exact for any frozen subset, which dynamax's
 ``fit_blocked_gibbs`` does not support.
 
@@ -190,12 +191,23 @@ def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, 
     return x, jnp.sum(ll)
 
 
+def undrawn_states(model: Model, emissions):
+    """(M, T, S) NaN: the states of a chain before its first sweep, for emissions (M, T, D).
+
+    That sweep keeps the parameters the chain starts from (``draw_parameters``) and begins at the
+    latent-coordinate moves; its FFBS draws the first states.  A chain thus starts without a filter
+    pass of its own, and the program that initialises it compiles no FFBS."""
+    M, T, _ = emissions.shape
+    return jnp.full((M, T, model.state_dim), jnp.nan, emissions.dtype)
+
+
 def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, inputs=None, moments=None):
     """One blocked-Gibbs sweep of the chain (params, states), in the order parameters | states, the
     latent-coordinate moves, then states | parameters (FFBS).
 
     Args:
-        params: the chain's parameters.  states: (M, T, S) latent states drawn given them.
+        params: the chain's parameters.  states: (M, T, S) latent states drawn given them, or
+            ``undrawn_states`` (all NaN) before the chain's first sweep.
         emissions: (M, T, D); inputs: (M, T, U) or None.
         moments: ``data_moments(emissions, inputs)`` (the same for every sweep) or None.
 
@@ -213,9 +225,13 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, input
 
 def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs=None, moments=None):
     """params ~ p(params | x, y) block by block (conjugate), then the latent-coordinate moves.
-    x: (M, T, S) states; emissions (M, T, D) with NaN entries imputed here given x; moments as in
+    x: (M, T, S) states, or ``undrawn_states`` (all NaN: the blocks then keep ``params``, and only
+    the moves act); emissions (M, T, D) with NaN entries imputed here given x; moments as in
     ``gibbs_sweep`` (their y^T y is the emission block's, unless entries were imputed)."""
     M, T, _ = emissions.shape
+    undrawn = jnp.all(jnp.isnan(x))
+    x = jnp.where(undrawn, jnp.zeros_like(x), x)  # finite stand-ins: a rejection sampler loops on NaN
+    start = params
     S, U = model.state_dim, model.input_dim
     k_y, k_init, k_dyn, k_em, k_move = jax.random.split(key, 5)
     u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
@@ -256,6 +272,7 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
         initial=params.initial._replace(mean=W0[:, 0], cov=S0),
         dynamics=params.dynamics._replace(weights=Wd[:, :S], input_weights=Wd[:, S:S + U], bias=Wd[:, -1], cov=Q),
         emissions=params.emissions._replace(weights=We[:, :S], input_weights=We[:, S:S + U], bias=We[:, -1], cov=R))
+    params = jax.tree.map(lambda kept, drawn: jnp.where(undrawn, kept, drawn), start, params)
     if frozen & LATENT_LEAVES:
         return params
     return latent_space_moves(k_move, model, params)

@@ -4,8 +4,7 @@ A ``Kernel`` is built once from its build-time settings (``build_<algorithm>(set
 in ``BUILDERS``) and exposes pure functions the engine vmaps over datasets x chains without knowing
 which algorithm runs:
 
-* ``init(position, target) -> ChainState``: the state at a position, no adaptation (Gibbs:
-  ``init(key, position, target)``, which also draws the latent states);
+* ``init(position, target) -> ChainState``: the state at a position, no adaptation;
 * ``warmup(key, position, target, num_steps) -> (ChainState, Tuning)``: adaptation or burn-in of
   ``num_steps >= 0`` steps (0: ``init`` and the untuned settings).  For a cross-chain kernel
   (``Kernel.cross_chain``) ``position`` holds all C chains of one dataset, (C, dim), and the states
@@ -216,8 +215,8 @@ def _warmup_variance(path, position):
 
 class GibbsState(NamedTuple):
     """A Gibbs chain: its position, the log density there, and the latent states drawn given it
-    ((M, T, S) for the general LG-SSM, whose sweep draws the parameters given them; empty for a
-    structural model, whose sweep draws its own)."""
+    ((M, T, S) for the general LG-SSM, whose sweep draws the parameters given them, NaN before its
+    first sweep; empty for a structural model, whose sweep draws its own)."""
     position: jax.Array
     logdensity: jax.Array
     latent: jax.Array
@@ -230,16 +229,17 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
     Its stats: acceptance_rate 1, never diverging, n_steps 1 (one sweep), energy and step_size NaN.
     Its tuning's ``inverse_mass_matrix`` is the warmup's variance of each coordinate (the posterior
     variance, as HMC's), which scales a structural sweep's marginal moves.  Its state is a
-    ``GibbsState`` (``init`` draws the latent states, hence its key).
+    ``GibbsState``; on the general LG-SSM ``init`` draws no states and leaves the log density NaN
+    (unknown until the first sweep, which draws the states and computes it).
     """
-    def init(key, position, target: Target) -> GibbsState:
+    def init(position, target: Target) -> GibbsState:
         model = target.model
         if isinstance(model, StructuralModel):
             return GibbsState(position, target.logdensity_fn()(position), jnp.zeros((0,), position.dtype))
-        params = model.to_params(position, target.anchor)
-        latent, log_likelihood = gibbs.draw_states(key, model, params, target.emissions, target.inputs,
-                                                   target.moments)
-        return GibbsState(position, _log_density(model, position, params, log_likelihood), latent)
+        # no states yet and no filter pass: the first sweep draws them (``gibbs.undrawn_states``), so
+        # the init program compiles no FFBS beside the block program's (docs/performance.md)
+        return GibbsState(position, jnp.full((), jnp.nan, position.dtype),
+                          gibbs.undrawn_states(model, target.emissions))
 
     def sweep(key, state: GibbsState, target: Target, tuning: Optional[Tuning]) -> GibbsState:
         model = target.model
@@ -264,12 +264,11 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
         def one(state, k):
             state = sweep(k, state, target, None)
             return state, state.position
-        k_init, k_sweeps = jax.random.split(key)
         nan = jnp.full((), jnp.nan, position.dtype)
-        state = init(k_init, position, target)
+        state = init(position, target)
         if num_steps == 0:  # static: no sweep in the program (see ``burns_in_with_steps``)
             return state, Tuning(nan, jnp.ones_like(position), nan)
-        state, path = jax.lax.scan(one, state, jax.random.split(k_sweeps, num_steps))
+        state, path = jax.lax.scan(one, state, jax.random.split(key, num_steps))
         return state, Tuning(nan, _warmup_variance(path, state.position), nan)
 
     return Kernel("gibbs", init, warmup, step)
