@@ -23,10 +23,14 @@ def test_log_prior_equals_dynamax(S, D, U):
     assert float(priors.log_prior(ssm, params)) == pytest.approx(float(jax.jit(ssm.log_prior)(params)), rel=1e-8)  # dynamax adds 1e-9 to diagonals; jit: eager tfp takes ~12 s
 
 
-def test_inverse_wishart_sampler_moments():
+def test_inverse_wishart_draw_moments():
+    """Sigma ~ IW(df, scale) as the Gibbs sweep draws it (``gibbs.draw_blocks``: ``sample_gamma``'s
+    chi-squares and ``inverse_wishart_factor``) against tfp's inverse Wishart."""
+    from sampler.core import gibbs
     scale = jnp.array([[2.0, 0.3], [0.3, 1.0]])
     df = 7.5
-    draws = jax.vmap(lambda k: priors.sample_inverse_wishart(k, df, scale))(jr.split(jr.PRNGKey(0), 40000))
+    block = gibbs.BlockConditional(jnp.zeros((2, 0)), jnp.eye(2), jnp.asarray(df), scale, None, None, ())
+    draws = jax.vmap(lambda k: gibbs.draw_blocks(k, [block])[0][1])(jr.split(jr.PRNGKey(0), 40000))
     mean = scale / (df - 2 - 1)
     np.testing.assert_allclose(draws.mean(0), mean, rtol=0.03, atol=0.005)
     ref = InverseWishart(df, scale).sample(seed=jr.PRNGKey(1), sample_shape=(40000,))
@@ -35,6 +39,31 @@ def test_inverse_wishart_sampler_moments():
     x = draws[0]
     assert float(priors.inverse_wishart_log_prob(x, df, scale)) == pytest.approx(
         float(InverseWishart(df, scale).log_prob(x)), rel=1e-8)
+
+
+def test_blocks_drawn_together_are_independent_each_from_its_own_conditional():
+    """``gibbs.draw_blocks`` shares one gamma and one normal draw among the blocks: each block must
+    still get its own variates (no correlation across blocks), its frozen column kept, and its free
+    columns W_a ~ MN(mean, Sigma, col_factor^T col_factor)."""
+    from sampler.core import gibbs
+    scale, df = jnp.array([[2.0, 0.3], [0.3, 1.0]]), jnp.asarray(7.5)
+    only_sigma = gibbs.BlockConditional(jnp.zeros((2, 0)), jnp.eye(2), df, scale, None, None, ())
+    W = jnp.full((2, 3), 5.0)
+    regression = gibbs.BlockConditional(W, jnp.eye(2), df, scale, jnp.ones((2, 2)), jnp.diag(jnp.array([1.0, 0.5])),
+                                        (0, 2))
+    n = 40000
+    ((_, S1), (W2, S2)) = jax.jit(jax.vmap(lambda k: gibbs.draw_blocks(k, [only_sigma, regression])))(
+        jr.split(jr.PRNGKey(3), n))
+    expected_sigma = scale / (7.5 - 3)
+    for S in (S1, S2):
+        np.testing.assert_allclose(S.mean(0), expected_sigma, rtol=0.03, atol=0.005)
+    assert abs(np.corrcoef(S1[:, 0, 0], S2[:, 0, 0])[0, 1]) < 4 / np.sqrt(n)
+    np.testing.assert_array_equal(W2[:, :, 1], 5.0)
+    free = np.asarray(W2[:, :, [0, 2]])
+    np.testing.assert_allclose(free.mean(0), 1.0, atol=0.03)
+    # Var W[i, j] = E[Sigma_ii] (col_factor^T col_factor)_jj, and W[0] is independent of S1
+    np.testing.assert_allclose(free.var(0), np.diag(expected_sigma)[:, None] * np.array([1.0, 0.25]), rtol=0.06)
+    assert abs(np.corrcoef(S1[:, 0, 0], free[:, 0, 0])[0, 1]) < 4 / np.sqrt(n)
 
 
 def test_gamma_sampler_matches_scipy():

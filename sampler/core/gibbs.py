@@ -17,7 +17,7 @@ cannot be vmapped over datasets x chains, and has no missing data or frozen leav
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from sampler.core.kalman import (kalman_filter, observed_noise, row_moments, sma
                                  small_solve_lower)
 from sampler.core.kalman.linalg import UNROLL_MAX_DIM
 from sampler.core.model import Model
-from sampler.core.priors import sample_inverse_wishart, sample_inverse_wishart_factor
+from sampler.core.priors import inverse_wishart_factor
 
 
 def _sym(A):
@@ -125,8 +125,26 @@ def impute_missing(key, params: ParamsLGSSM, emissions, states, inputs=None):
     return jnp.where(observed, emissions, mean + noise + w @ R.T)
 
 
-def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool, gram_y=None):
-    """Draw the free part of (W, Sigma) from p(W, Sigma | Y, Z, frozen part), Y = Z W^T + N(0, Sigma).
+class BlockConditional(NamedTuple):
+    """One regression block's conditional p(W_a, Sigma | Y, Z, W_f) (``block_conditional``), drawn
+    by ``draw_blocks``: Sigma ~ IW(df, scale) where Sigma is drawn, then the free columns
+    W_a = mean + G N col_factor with G G^T = Sigma and N (k, |a|) standard normal."""
+    W: jax.Array                      # (k, p) current value; its frozen columns stay
+    Sigma: jax.Array                  # (k, k) current value, kept where not drawn
+    df: Optional[jax.Array]           # inverse-Wishart degrees of freedom; None: Sigma is not drawn
+    scale: Optional[jax.Array]        # (k, k) inverse-Wishart scale
+    mean: Optional[jax.Array]         # (k, |a|) the free columns' conditional mean; None: none free
+    col_factor: Optional[jax.Array]   # (|a|, |a|) L^-1 with Sxx^-1 = L^-T L^-1
+    free: tuple[int, ...]             # static: the free columns a
+
+    def num_normals(self) -> int:
+        k = self.Sigma.shape[-1]
+        return (k * (k - 1) // 2 if self.df is not None else 0) + k * len(self.free)
+
+
+def block_conditional(Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool,
+                      gram_y=None) -> BlockConditional:
+    """The conditional of the free part of (W, Sigma) given Y = Z W^T + N(0, Sigma) and the frozen part.
 
     Args:
         Y: (N, k) responses.  Z: (N, p) regressors.  W: (k, p), Sigma: (k, k) current values.
@@ -141,11 +159,11 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     |f| degrees of freedom and (W_f - M0_f) [(L^-1)_ff]^-1 (W_f - M0_f)^T to Sigma's inverse Wishart.
     """
     M0, Lam, nu0, Psi0 = prior.loc, prior.col_precision, prior.df, prior.scale
-    a = [i for i, free in enumerate(free_cols) if free]
+    a = tuple(i for i, free in enumerate(free_cols) if free)
     f = [i for i, free in enumerate(free_cols) if not free]
+    fixed = BlockConditional(W, Sigma, None, None, None, None, ())
     if not a and not sigma_free:
-        return W, Sigma
-    k_sigma, k_w = jax.random.split(key)
+        return fixed
     nu, Psi = nu0, Psi0
     if f:
         gram_y = None  # Y loses the frozen columns' part here
@@ -155,9 +173,10 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
         V_ff = jnp.linalg.inv(Lam)[np.ix_(f, f)]
         Psi = Psi + E @ jnp.linalg.solve(V_ff, E.T)
         nu = nu + len(f)
+    df = jnp.asarray(nu + Y.shape[0], Sigma.dtype)
+    Syy = Y.T @ Y if gram_y is None else gram_y
     if not a:  # every column frozen: Sigma | W ~ IW(nu + N, Psi + residual scatter)
-        Syy = Y.T @ Y if gram_y is None else gram_y
-        return W, sample_inverse_wishart(k_sigma, nu + Y.shape[0], _sym(Psi + Syy))
+        return fixed._replace(df=df, scale=_sym(Psi + Syy))
     Lam_aa = Lam[np.ix_(a, a)]
     M0a = M0[:, a]
     if f:
@@ -165,17 +184,47 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     Za = Z[:, a]
     Sxx = _sym(Lam_aa + Za.T @ Za)
     Sxy = Za.T @ Y + Lam_aa @ M0a.T
-    Syy = (Y.T @ Y if gram_y is None else gram_y) + M0a @ Lam_aa @ M0a.T
+    Syy = Syy + M0a @ Lam_aa @ M0a.T
     L_inv = small_solve_lower(small_cholesky(Sxx), jnp.eye(len(a), dtype=Sxx.dtype))  # Sxx^-1 = L_inv^T L_inv
     Mn = (L_inv.T @ (L_inv @ Sxy)).T  # (k, |a|)
-    if sigma_free:
-        G = sample_inverse_wishart_factor(k_sigma, nu + Y.shape[0], _sym(Psi + Syy - Mn @ Sxy))
-        Sigma = G @ G.T
-    else:
-        G = small_cholesky(Sigma)
-    # W_a = Mn + G N L_inv with G G^T = Sigma, so that rows have covariance L_inv^T L_inv = Sxx^-1
-    Wa = Mn + G @ jax.random.normal(k_w, Mn.shape, Mn.dtype) @ L_inv
-    return W.at[:, a].set(Wa), Sigma
+    posterior = fixed._replace(mean=Mn, col_factor=L_inv, free=a)
+    return posterior._replace(df=df, scale=_sym(Psi + Syy - Mn @ Sxy)) if sigma_free else posterior
+
+
+def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[tuple[jax.Array, jax.Array]]:
+    """(W, Sigma) of each of independent ``blocks``, drawn together: one gamma draw for every
+    Bartlett diagonal and one normal draw for all the other variates, because each random-number
+    call inlines its own hash (and the gamma its rejection loop) into the compiled sweep
+    (docs/performance.md)."""
+    dtype = blocks[0].Sigma.dtype
+    k_chi, k_normal = jax.random.split(key)
+    shapes = [0.5 * (b.df - jnp.arange(b.Sigma.shape[-1], dtype=dtype)) for b in blocks if b.df is not None]
+    chi2 = 2.0 * priors.sample_gamma(k_chi, jnp.concatenate(shapes)) if shapes else None
+    num_normals = sum(b.num_normals() for b in blocks)
+    normals = jax.random.normal(k_normal, (num_normals,), dtype) if num_normals else jnp.zeros((0,), dtype)
+    out, i_chi, i_normal = [], 0, 0
+    for b in blocks:
+        k = b.Sigma.shape[-1]
+        W, Sigma, G = b.W, b.Sigma, None
+        if b.df is not None:
+            offdiag = k * (k - 1) // 2
+            G = inverse_wishart_factor(chi2[i_chi:i_chi + k], normals[i_normal:i_normal + offdiag], b.scale)
+            Sigma, i_chi, i_normal = G @ G.T, i_chi + k, i_normal + offdiag
+        if b.free:
+            G = small_cholesky(Sigma) if G is None else G
+            n = k * len(b.free)
+            N = normals[i_normal:i_normal + n].reshape(k, len(b.free))
+            # W_a = Mn + G N L_inv with G G^T = Sigma, so that rows have covariance L_inv^T L_inv = Sxx^-1
+            W, i_normal = W.at[:, list(b.free)].set(b.mean + G @ N @ b.col_factor), i_normal + n
+        out.append((W, Sigma))
+    return out
+
+
+def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_free: bool, gram_y=None):
+    """Draw the free part of (W, Sigma) from p(W, Sigma | Y, Z, frozen part), Y = Z W^T + N(0, Sigma)
+    (arguments as ``block_conditional``'s)."""
+    (drawn,) = draw_blocks(key, [block_conditional(Y, Z, W, Sigma, prior, free_cols, sigma_free, gram_y)])
+    return drawn
 
 
 def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None):
@@ -233,7 +282,7 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
     x = jnp.where(undrawn, jnp.zeros_like(x), x)  # finite stand-ins: a rejection sampler loops on NaN
     start = params
     S, U = model.state_dim, model.input_dim
-    k_y, k_init, k_dyn, k_em, k_move = jax.random.split(key, 5)
+    k_y, k_blocks, k_move = jax.random.split(key, 3)
     u = jnp.zeros((M, T, 0), emissions.dtype) if inputs is None else inputs
     y = emissions
     if model.has_missing:
@@ -243,9 +292,10 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
     ones = jnp.ones((M, T, 1), emissions.dtype)
     prior_of = model.ssm
 
+    # the three blocks are independent given the states: their conditionals, then one joint draw
     # initial state: NIW as a regression of x_1 on a constant
-    W0, S0 = regression_block(
-        k_init, x[:, 0], jnp.ones((M, 1), emissions.dtype), params.initial.mean[:, None], params.initial.cov,
+    initial = block_conditional(
+        x[:, 0], jnp.ones((M, 1), emissions.dtype), params.initial.mean[:, None], params.initial.cov,
         NIWAsMNIW(prior_of.initial_prior), ["initial.mean" not in frozen], "initial.cov" not in frozen)
 
     # dynamics: x_{t+1} = [F B b] [x_t; u_{t+1}; 1] + N(0, Q)
@@ -254,8 +304,8 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
                           params.dynamics.bias[:, None]], axis=1)
     free_d = ([("dynamics.weights" not in frozen)] * S + [("dynamics.input_weights" not in frozen)] * U
               + [("dynamics.bias" not in frozen)])
-    Wd, Q = regression_block(k_dyn, x[:, 1:].reshape(M * (T - 1), S), Zd, Wd, params.dynamics.cov,
-                              prior_of.dynamics_prior, free_d, "dynamics.cov" not in frozen)
+    dynamics = block_conditional(x[:, 1:].reshape(M * (T - 1), S), Zd, Wd, params.dynamics.cov,
+                                 prior_of.dynamics_prior, free_d, "dynamics.cov" not in frozen)
 
     # emissions: y_t = [H D d] [x_t; u_t; 1] + N(0, R), missing entries imputed above
     Ze = jnp.concatenate([x, u, ones], axis=-1).reshape(M * T, -1)
@@ -265,8 +315,9 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
     free_e = ([("emissions.weights" not in frozen)] * S + [("emissions.input_weights" not in frozen)] * U
               + [("emissions.bias" not in frozen)])
     gram_y = None if moments is None or model.has_missing else _gram_of_y(moments)
-    We, R = regression_block(k_em, Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
-                              free_e, "emissions.cov" not in frozen, gram_y)
+    emission = block_conditional(Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
+                                 free_e, "emissions.cov" not in frozen, gram_y)
+    (W0, S0), (Wd, Q), (We, R) = draw_blocks(k_blocks, [initial, dynamics, emission])
 
     params = ParamsLGSSM(
         initial=params.initial._replace(mean=W0[:, 0], cov=S0),

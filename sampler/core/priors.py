@@ -82,26 +82,15 @@ def latent_log_prior(ssm, params: ParamsLGSSM, emission_chol_inv):
             + matrix_normal_quadratic(_stacked(params.emissions), ep.loc, emission_chol_inv, ep.col_precision))
 
 
-def sample_inverse_wishart_factor(key, df, scale):
-    """G with G G^T ~ IW(df, scale) (k x k), by the Bartlett decomposition.
-
-    Any square root will do for a matrix-normal draw given Sigma, so callers that need one take G
-    instead of factoring Sigma again."""
+def inverse_wishart_factor(chi2, normals, scale):
+    """The Bartlett decomposition's G (G G^T ~ IW(df, scale), k x k) from its variates: ``chi2``
+    (k,) with chi2_j ~ chi^2(df - j), and ``normals`` (k (k - 1) / 2,) standard normal."""
     k = scale.shape[-1]
-    k_chi, k_norm = jax.random.split(key)
-    dtype = scale.dtype
-    chi2 = 2.0 * sample_gamma(k_chi, 0.5 * (df - jnp.arange(k, dtype=dtype)))
     rows, cols = jnp.tril_indices(k, -1)
-    A = jnp.diag(jnp.sqrt(chi2)).at[rows, cols].set(jax.random.normal(k_norm, (k * (k - 1) // 2,), dtype))
+    A = jnp.diag(jnp.sqrt(chi2)).at[rows, cols].set(normals)
     # W = K^-T A A^T K^-1 ~ Wishart(df, scale^-1) with scale = K K^T; Sigma = W^-1 = G G^T, G = K A^-T
     K = small_cholesky(scale)
-    return K @ small_solve_lower(A, jnp.eye(k, dtype=dtype)).T
-
-
-def sample_inverse_wishart(key, df, scale):
-    """One draw of IW(df, scale) (k x k)."""
-    G = sample_inverse_wishart_factor(key, df, scale)
-    return G @ G.T
+    return K @ small_solve_lower(A, jnp.eye(k, dtype=scale.dtype)).T
 
 
 #: Marsaglia-Tsang proposals drawn at once per gamma variate: all of them are rejected with
