@@ -2,6 +2,7 @@
 float64 within Monte Carlo error, and a simulation-based calibration study passes in float32.
 
 Both are long (two seed runs; a 100-dataset study): ``./scripts/test -m slow tests/test_float32.py``.
+The default run checks the Gibbs blocks' float32 arithmetic on large states.
 """
 import warnings
 
@@ -63,3 +64,30 @@ def test_sbc_passes_in_float32(tmp_path):
                         run={"dir": "sbc32", "checkpoint_every": 100})
     report = calibrate.calibrate(config.load(path), num_datasets=100, num_timesteps=50, progress=False)
     assert report["verdict"]["passed"] is True, calibrate.format_report(report)
+
+
+def test_float32_block_conditional_survives_large_states():
+    """The emission block's inverse-Wishart scale in float32 on an explosive chain's states (x up to
+    ~2,000, emissions up to ~8,000, as in a simulation study's prior draw): Psi + Syy - Mn Sxy would
+    cancel to a matrix with a negative eigenvalue (then NaN draws); the residual form keeps it the
+    float64 scale to float32 rounding."""
+    from types import SimpleNamespace
+
+    import jax.numpy as jnp
+    from sampler.core import gibbs
+    from sampler.core.model import Model
+    T = 50
+    x = 1.16 ** np.arange(T)[:, None] * 1.0                                   # (T, 1), ~1,700 at the end
+    Z = np.concatenate([x, np.ones((T, 1))], axis=1)
+    H = np.array([[-1.8, -0.7], [4.1, -0.2]])                                   # [weights, bias] per output
+    Y = Z @ H.T + np.random.default_rng(0).multivariate_normal([0, 0], [[1.2, -1.0], [-1.0, 1.2]], T)
+    prior = Model(1, 2).ssm.emission_prior
+    scales = {}
+    for dt in (np.float32, np.float64):
+        cast = lambda a: jnp.asarray(a, dt)
+        p = SimpleNamespace(loc=cast(prior.loc), col_precision=cast(prior.col_precision), df=cast(prior.df),
+                            scale=cast(prior.scale))
+        b = gibbs.block_conditional(cast(Y), cast(Z), cast(H), cast(np.eye(2)), p, [True, True], True)
+        scales[dt] = np.asarray(b.scale, np.float64)
+    assert np.all(np.linalg.eigvalsh(scales[np.float32]) > 0)
+    np.testing.assert_allclose(scales[np.float32], scales[np.float64], rtol=2e-2, atol=0.5)

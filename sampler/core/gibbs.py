@@ -188,7 +188,16 @@ def block_conditional(Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_fr
     L_inv = small_solve_lower(small_cholesky(Sxx), jnp.eye(len(a), dtype=Sxx.dtype))  # Sxx^-1 = L_inv^T L_inv
     Mn = (L_inv.T @ (L_inv @ Sxy)).T  # (k, |a|)
     posterior = fixed._replace(mean=Mn, col_factor=L_inv, free=a)
-    return posterior._replace(df=df, scale=_sym(Psi + Syy - Mn @ Sxy)) if sigma_free else posterior
+    if not sigma_free:
+        return posterior
+    if jnp.finfo(Sigma.dtype).bits < 64:
+        # the residual scatter from the residuals: Syy - Mn Sxy cancels catastrophically in float32
+        # once the data or the states are large (an explosive draw's x ~ 1e3 gave a scale with a
+        # negative eigenvalue, then NaN: docs/performance.md); in float64 the Gram form is exact
+        # enough and spares a (N, k) product per sweep
+        E, D0 = Y - Za @ Mn.T, Mn - M0a
+        return posterior._replace(df=df, scale=_sym(Psi + E.T @ E + D0 @ Lam_aa @ D0.T))
+    return posterior._replace(df=df, scale=_sym(Psi + Syy - Mn @ Sxy))
 
 
 def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[tuple[jax.Array, jax.Array]]:
