@@ -7,10 +7,11 @@ with dynamax's priors; (3) Metropolis moves along the directions the likelihood 
 of latent coordinates, ``latent_space_moves``), which the Gibbs blocks alone explore by a slow random
 walk; (4) draw the latent states of every sequence by forward filtering, backward sampling (FFBS
 through ``sampler.core.kalman``), whose forward filter also gives the new parameters' likelihood.
+The three blocks of (2) are independent given the states and are drawn together (``draw_blocks``).
 A chain starts from parameters alone (``undrawn_states``): its first sweep skips (2), which would
-condition on states it does not have, so its states come from (4).  Frozen leaves are held fixed and the free part of a block is drawn from its conditional given
-them (see ``regression_block``): this is exact for any frozen subset, which dynamax's
-``fit_blocked_gibbs`` does not support.
+condition on states it does not have, so its states come from (4).  Frozen leaves are held fixed
+and the free part of a block is drawn from its conditional given them (``block_conditional``):
+this is exact for any frozen subset, which dynamax's ``fit_blocked_gibbs`` does not support.
 
 Hand-written rather than wrapping ``fit_blocked_gibbs`` because that runs a Python loop over draws,
 cannot be vmapped over datasets x chains, and has no missing data or frozen leaves.
