@@ -12,6 +12,14 @@ from helpers import simulate
 
 jax.config.update("jax_enable_x64", True)  # reference comparisons are in float64
 
+
+@pytest.fixture(autouse=True)
+def _float64_by_default():
+    """A float32 run turns jax's x64 off for the whole process (``precision.configure_jax``): each test
+    starts in float64 again, so data a later test simulates is not float32 by accident of order."""
+    jax.config.update("jax_enable_x64", True)
+
+
 #: the test files that take longest (minutes: Ray clusters, object store, several CLI runs), measured
 #: on 2 cores.  pytest-xdist's `--dist loadfile` hands files out in collection order, so these go
 #: first and the short files fill in at the end; in alphabetical order a long file handed out last
