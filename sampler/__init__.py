@@ -87,15 +87,17 @@ def run(config_or_path, *, progress: bool = True, **overrides) -> Path:
     resumes an existing run dir.
 
     ``overrides`` are dotted config keys with ``__`` for the dots, e.g. ``sampler__num_draws=200``,
-    ``run__workers=0``.  Returns the run dir.
+    ``run__workers=0``.  Returns the run dir.  The caller's ``jax_enable_x64`` is as it was on return.
     """
+    from sampler.core.precision import callers_precision_restored
     from sampler.execution import driver
     from sampler.storage import config
     if isinstance(config_or_path, config.Config):
         cfg = config.from_dict(config.apply_overrides(config_or_path.model_dump(), settings=overrides))
     else:
         cfg = config.load(config_or_path, **overrides)
-    return driver.execute(cfg, progress=progress)
+    with callers_precision_restored():
+        return driver.execute(cfg, progress=progress)
 
 
 def open_run(run_dir: Union[str, Path]):
@@ -109,10 +111,14 @@ def forecast(run_dir: Union[str, Path], horizon: int = 50, *, burn_in: int = 0, 
              plot=None) -> dict:
     """``sampler forecast``: smooth and forecast every dataset of a run, writing the store's
     ``forecast`` group (``sampler.analysis.forecast.forecast_run``; ``plot``: dataset indices whose
-    figures go to ``DIR/plots/``).  Returns what the command prints."""
+    figures go to ``DIR/plots/``).  Returns what the command prints; the caller's
+    ``jax_enable_x64`` is as it was."""
     from sampler.analysis import forecast as forecast_mod
+    from sampler.core.precision import callers_precision_restored
     from sampler.storage.rundir import RunDir
-    return forecast_mod.forecast_run(RunDir(run_dir).require().path, horizon=horizon, burn_in=burn_in, thin=thin, plot=plot)
+    with callers_precision_restored():
+        return forecast_mod.forecast_run(RunDir(run_dir).require().path, horizon=horizon, burn_in=burn_in,
+                                         thin=thin, plot=plot)
 
 
 def forecast_frame(run_dir: Union[str, Path], levels=(80, 95)):

@@ -15,8 +15,9 @@ jax.config.update("jax_enable_x64", True)  # reference comparisons are in float6
 
 @pytest.fixture(autouse=True)
 def _float64_by_default():
-    """A float32 run turns jax's x64 off for the whole process (``precision.configure_jax``): each test
-    starts in float64 again, so data a later test simulates is not float32 by accident of order."""
+    """The engine sets jax's x64 process-wide for a run's dtype (``precision.configure_jax``; only the
+    public ``sampler.run`` / ``sampler.forecast`` restore it): each test starts in float64 again, so
+    data a later test simulates is not float32 by accident of order."""
     jax.config.update("jax_enable_x64", True)
 
 

@@ -2,16 +2,18 @@
 float64 within Monte Carlo error, and a simulation-based calibration study passes in float32.
 
 Both are long (two seed runs; a 100-dataset study): ``./scripts/test -m slow tests/test_float32.py``.
-The default run checks the Gibbs blocks' float32 arithmetic on large states.
+The default run checks the Gibbs blocks' float32 arithmetic on large states, and that ``sampler.run``
+and ``sampler.forecast`` give the caller its own jax precision back.
 """
 import warnings
 
 import arviz as az
+import jax
 import numpy as np
 import pytest
 
 import sampler
-from helpers import write_config
+from helpers import simulate, write_config
 from sampler.analysis import calibrate
 from sampler.storage import config
 
@@ -91,3 +93,15 @@ def test_float32_block_conditional_survives_large_states():
         scales[dt] = np.asarray(b.scale, np.float64)
     assert np.all(np.linalg.eigvalsh(scales[np.float32]) > 0)
     np.testing.assert_allclose(scales[np.float32], scales[np.float64], rtol=2e-2, atol=0.5)
+
+
+@pytest.mark.timeout(300)
+def test_run_and_forecast_give_the_caller_its_precision_back(tmp_path):
+    """A float32 run switches jax's x64 off while it works; a notebook in float64 gets it back from
+    ``sampler.run`` and ``sampler.forecast``."""
+    np.savez(tmp_path / "d.npz", **simulate(2))
+    cfg = write_config(tmp_path / "c.toml", "d.npz", sampler={"dtype": "float32", "num_draws": 10})
+    run_dir = sampler.run(cfg, progress=False, run__dir=str(tmp_path / "run"))
+    assert jax.config.jax_enable_x64
+    sampler.forecast(run_dir, horizon=3)
+    assert jax.config.jax_enable_x64

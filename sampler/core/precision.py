@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from contextlib import contextmanager
 import os
 import platform
 from pathlib import Path
@@ -53,6 +54,19 @@ def configure_jax(dtype: str) -> None:
         jax.config.update("jax_compilation_cache_dir", keyed)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     unroll_threefry_on_cpu()
+
+
+@contextmanager
+def callers_precision_restored():
+    """Give the caller back its ``jax_enable_x64`` on leaving: a run sets it process-wide for its
+    dtype (``configure_jax``), and a notebook's own arrays should not turn float32 (or float64)
+    because it called ``sampler.run``.  Compiled programs are keyed by the setting, so switching
+    it back costs nothing."""
+    previous = jax.config.jax_enable_x64
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
 
 
 def unroll_threefry_on_cpu() -> None:
