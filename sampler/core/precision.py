@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from contextlib import contextmanager
 import os
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
