@@ -30,7 +30,6 @@ from sampler.core.kalman import (kalman_filter, observed_noise, row_moments, sma
                                  small_solve_lower)
 from sampler.core.kalman.linalg import UNROLL_MAX_DIM
 from sampler.core.model import Model
-from sampler.core.priors import inverse_wishart_factor
 
 
 def _sym(A):
@@ -218,7 +217,7 @@ def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[tuple[jax.Array
         W, Sigma, G = b.W, b.Sigma, None
         if b.df is not None:
             offdiag = k * (k - 1) // 2
-            G = inverse_wishart_factor(chi2[i_chi:i_chi + k], normals[i_normal:i_normal + offdiag], b.scale)
+            G = priors.inverse_wishart_factor(chi2[i_chi:i_chi + k], normals[i_normal:i_normal + offdiag], b.scale)
             Sigma, i_chi, i_normal = G @ G.T, i_chi + k, i_normal + offdiag
         if b.free:
             G = small_cholesky(Sigma) if G is None else G
