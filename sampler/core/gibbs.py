@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
-from sampler.core import priors
+from sampler.core import draws, priors
 from sampler.core.kalman import (kalman_filter, observed_noise, row_moments, small_cholesky, small_matmul,
                                  small_solve_lower)
 from sampler.core.kalman.linalg import UNROLL_MAX_DIM
@@ -79,7 +79,7 @@ def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None
     u = _inputs_or_zeros(params, T, inputs)
     F, Q = params.dynamics.weights, params.dynamics.cov
     B, b = params.dynamics.input_weights, params.dynamics.bias
-    noise = jax.random.normal(key, means.shape, means.dtype)
+    noise = draws.normal(key, means.shape, means.dtype)
     x_last = _mvn(noise[-1], means[-1], covs[-1])
     mm = small_matmul
 
@@ -118,7 +118,7 @@ def impute_missing(key, params: ParamsLGSSM, emissions, states, inputs=None):
                    params.emissions.input_weights, params.emissions.cov)
     observed = jnp.isfinite(emissions)
     mean = states @ H.T + u @ Dw.T + d
-    noise = jax.random.normal(key, (T, D), emissions.dtype) @ jnp.linalg.cholesky(R).T
+    noise = draws.normal(key, (T, D), emissions.dtype) @ jnp.linalg.cholesky(R).T
     resid = jnp.where(observed, emissions - mean - noise, 0.0)
     R_obs = observed_noise(R, observed)  # (T, D, D): R on observed block, I elsewhere
     w = jnp.linalg.solve(R_obs, resid[..., None])[..., 0]  # zero on missing entries
@@ -210,7 +210,7 @@ def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[tuple[jax.Array
     shapes = [0.5 * (b.df - jnp.arange(b.Sigma.shape[-1], dtype=dtype)) for b in blocks if b.df is not None]
     chi2 = 2.0 * priors.sample_gamma(k_chi, jnp.concatenate(shapes)) if shapes else None
     num_normals = sum(b.num_normals() for b in blocks)
-    normals = jax.random.normal(k_normal, (num_normals,), dtype) if num_normals else jnp.zeros((0,), dtype)
+    normals = draws.normal(k_normal, (num_normals,), dtype) if num_normals else jnp.zeros((0,), dtype)
     out, i_chi, i_normal = [], 0, 0
     for b in blocks:
         k = b.Sigma.shape[-1]
@@ -431,9 +431,9 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
 
     # every round's randomness in two draws (per-call RNG cost adds up over 4 rounds x 1,000s of chains)
     k_normal, k_uniform = jax.random.split(key)
-    normals = jax.random.normal(k_normal, (MOVE_ROUNDS, S * S + S), dtype)
+    normals = draws.normal(k_normal, (MOVE_ROUNDS, S * S + S), dtype)
     noise = (normals[:, :S * S].reshape(MOVE_ROUNDS, S, S), normals[:, S * S:],
-             jnp.log(jax.random.uniform(k_uniform, (MOVE_ROUNDS, 2), dtype)))
+             jnp.log(draws.uniform(k_uniform, (MOVE_ROUNDS, 2), dtype)))
     (params, _), _ = jax.lax.scan(one_round, (params, log_target(params)), noise)
     return params
 

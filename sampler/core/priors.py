@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.scipy.special import multigammaln
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
+from sampler.core import draws
 from sampler.core.kalman.linalg import log_det_cholesky, small_cholesky, small_solve_lower
 
 #: a Python float, not a jnp constant: made at import, which in the CLI precedes enabling float64, a
@@ -117,8 +118,8 @@ def sample_gamma(key, shape):
 
     def propose(key):
         k_z, k_u = jax.random.split(key)
-        z = jax.random.normal(k_z, (GAMMA_PROPOSALS,) + shape.shape, dtype)
-        log_u = jnp.log(jax.random.uniform(k_u, z.shape, dtype))
+        z = draws.materialized(draws.normal(k_z, (GAMMA_PROPOSALS,) + shape.shape, dtype))
+        log_u = jnp.log(draws.uniform(k_u, z.shape, dtype))
         v = (1.0 + c * z) ** 3
         ok = (v > 0) & (log_u < 0.5 * z * z + d - d * v + d * jnp.log(jnp.where(v > 0, v, 1.0)))
         # the first accepted proposal, by elementwise selects rather than reductions over the
@@ -139,5 +140,5 @@ def sample_gamma(key, shape):
 
     start = (0, jnp.zeros(shape.shape, bool), jnp.zeros_like(shape))
     _, _, value = jax.lax.while_loop(lambda carry: (carry[0] == 0) | ~jnp.all(carry[1]), more, start)
-    u = jax.random.uniform(k_boost, shape.shape, dtype, minval=jnp.finfo(dtype).tiny)
+    u = draws.uniform(k_boost, shape.shape, dtype, minval=jnp.finfo(dtype).tiny)
     return jnp.where(boost, value * u ** (1.0 / shape), value)
