@@ -5,7 +5,7 @@ fusion that reads a variate: the float64 inverse error function behind a normal 
 fusions (its logarithm, then its polynomials times the uniform), so each normal of the state draw
 was hashed twice, and the gamma sampler's normals were evaluated in five fusions (profile:
 docs/performance.md).  ``lax.optimization_barrier`` does not stop this (XLA:CPU removes it before
-fusion); a dot does, because XLA:CPU never fuses a dot's operands into it.  So a variate that several
+fusion); a dot does, because XLA:CPU does not fuse a dot's operands into it.  So a variate that several
 fusions read goes through a product with the identity on CPU, which is exact: every entry is x * 1 plus
 zeros.  The variates are ``jax.random``'s, bit for bit; what the sweep computes from them may
 round differently in the last bits, because XLA fuses its consumers differently.
