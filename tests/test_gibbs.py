@@ -69,7 +69,7 @@ def test_the_emission_block_reads_the_data_moments_as_it_would_compute_them():
     u = jax.random.normal(jax.random.PRNGKey(1), (3, 30, 1))
     # any data and states will do for a conditional draw
     y, states = jax.random.normal(jax.random.PRNGKey(2), (3, 30, 3)), jax.random.normal(jax.random.PRNGKey(3), (3, 30, 2))
-    draw = lambda z: gibbs.draw_parameters(jax.random.PRNGKey(4), model, params, states, y, u, z)
+    draw = lambda z: gibbs.draw_parameters(jax.random.PRNGKey(4), model, params, states, y, u, z)[0]
     without, with_moments = jax.jit(lambda: (draw(None), draw(gibbs.data_moments(y, u))))()  # one compile
     for a, b in zip(jax.tree.leaves(without), jax.tree.leaves(with_moments)):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
@@ -87,13 +87,22 @@ def test_a_chain_without_states_starts_its_first_sweep_at_the_moves():
     _, y = model.ssm.sample(params, jax.random.PRNGKey(1), 40)
     y = jnp.stack([y, y[::-1]])                                          # (M, T, D), M = 2
     sweep = jax.jit(lambda p, x: gibbs.gibbs_sweep(jax.random.PRNGKey(2), model, p, x, y))
-    new, states, ll = sweep(params, gibbs.undrawn_states(model, y))
+    new, states, ll, factor = sweep(params, gibbs.undrawn_states(model, y))
     np.testing.assert_array_equal(new.emissions.cov, params.emissions.cov)
     assert states.shape == (2, 40, 2) and np.all(np.isfinite(states))
     expected = sum(float(kalman.marginal_log_prob(new, y[m])) for m in range(2))
     assert float(ll) == pytest.approx(expected, rel=1e-9)
-    drawn, _, _ = sweep(params, states)
+    drawn, _, drawn_ll, drawn_factor = sweep(params, states)
     assert not np.allclose(drawn.emissions.cov, params.emissions.cov)
+    # the R factor the sweep hands on (to the filter, the log prior and the position) is R's
+    # Cholesky factor, kept or drawn, and the log-likelihood computed with it is the filter's own
+    expected = sum(float(kalman.marginal_log_prob(drawn, y[m])) for m in range(2))
+    assert float(drawn_ll) == pytest.approx(expected, rel=1e-9)
+    for p, f in ((new, factor), (drawn, drawn_factor)):
+        R = p.emissions.cov
+        np.testing.assert_allclose(f.chol, np.linalg.cholesky(R), rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(np.triu(f.chol, 1), 0.0)
+        np.testing.assert_allclose(f.chol_inv @ f.chol, np.eye(3), atol=1e-12)
 
 
 @pytest.mark.slow

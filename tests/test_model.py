@@ -44,6 +44,23 @@ def test_position_roundtrip_and_frozen_leaves_excluded():
         np.testing.assert_allclose(get_leaf(back, leaf), get_leaf(params, leaf), rtol=1e-12, atol=1e-12)
 
 
+def test_covariance_cholesky_factors_from_the_position_and_back():
+    """A covariance leaf's Cholesky factor, read from the position (free) or factorised from the anchor
+    (frozen), and the position rebuilt from given factors equal the bijector's round trip."""
+    model = Model(2, 4, frozen=("dynamics.cov",))
+    params = model.initial_params(jr.PRNGKey(5), {})
+    R = jnp.array([[1.0, 0.3, 0.0, 0.1], [0.3, 2.0, 0.2, 0.0], [0.0, 0.2, 0.5, 0.05], [0.1, 0.0, 0.05, 0.8]])
+    params = params._replace(emissions=params.emissions._replace(cov=R))
+    pos = model.to_position(params)
+    for leaf, value in (("emissions.cov", R), ("dynamics.cov", params.dynamics.cov)):
+        L = model.covariance_cholesky(pos, params, leaf)
+        np.testing.assert_allclose(L, np.linalg.cholesky(value), rtol=1e-12, atol=1e-14)
+    factors = {"emissions.cov": np.linalg.cholesky(R), "initial.cov": np.linalg.cholesky(params.initial.cov)}
+    np.testing.assert_allclose(model.to_position(params, factors), pos, rtol=1e-12, atol=1e-13)
+    moved = model.to_position(params, {"emissions.cov": 2.0 * np.linalg.cholesky(R)})
+    np.testing.assert_allclose(model.to_params(moved, params).emissions.cov, 4.0 * R, rtol=1e-12, atol=1e-15)
+
+
 def test_dynamax_filter_selectable_as_reference():
     ours, ref = Model(2, 4), Model(2, 4, kalman_form="dynamax")
     params = ours.initial_params(jr.PRNGKey(3), {})

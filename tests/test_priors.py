@@ -30,7 +30,10 @@ def test_inverse_wishart_draw_moments():
     scale = jnp.array([[2.0, 0.3], [0.3, 1.0]])
     df = 7.5
     block = gibbs.BlockConditional(jnp.zeros((2, 0)), jnp.eye(2), jnp.asarray(df), scale, None, None, ())
-    draws = jax.vmap(lambda k: gibbs.draw_blocks(k, [block])[0][1])(jr.split(jr.PRNGKey(0), 40000))
+    drawn = jax.vmap(lambda k: gibbs.draw_blocks(k, [block])[0])(jr.split(jr.PRNGKey(0), 40000))
+    draws = drawn.Sigma
+    # the draw comes with Sigma's Cholesky factor (lower triangular, positive diagonal)
+    np.testing.assert_allclose(drawn.Sigma_chol, np.linalg.cholesky(draws), rtol=1e-9, atol=1e-12)
     mean = scale / (df - 2 - 1)
     np.testing.assert_allclose(draws.mean(0), mean, rtol=0.03, atol=0.005)
     ref = InverseWishart(df, scale).sample(seed=jr.PRNGKey(1), sample_shape=(40000,))
@@ -52,7 +55,7 @@ def test_blocks_drawn_together_are_independent_each_from_its_own_conditional():
     regression = gibbs.BlockConditional(W, jnp.eye(2), df, scale, jnp.ones((2, 2)), jnp.diag(jnp.array([1.0, 0.5])),
                                         (0, 2))
     n = 40000
-    ((_, S1), (W2, S2)) = jax.jit(jax.vmap(lambda k: gibbs.draw_blocks(k, [only_sigma, regression])))(
+    ((_, S1, _), (W2, S2, _)) = jax.jit(jax.vmap(lambda k: gibbs.draw_blocks(k, [only_sigma, regression])))(
         jr.split(jr.PRNGKey(3), n))
     expected_sigma = scale / (7.5 - 3)
     for S in (S1, S2):

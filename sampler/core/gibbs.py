@@ -28,7 +28,7 @@ from dynamax.linear_gaussian_ssm import ParamsLGSSM
 from sampler.core import draws, priors
 from sampler.core.kalman import (kalman_filter, observed_noise, row_moments, small_cholesky, small_matmul,
                                  small_solve_lower)
-from sampler.core.kalman.linalg import UNROLL_MAX_DIM
+from sampler.core.kalman.linalg import UNROLL_MAX_DIM, CholeskyFactor, cholesky_factor
 from sampler.core.model import Model
 
 
@@ -65,17 +65,19 @@ def _gram_of_y(moments):
     return jnp.sum(moments.gram[:, :D, :D] + n[:, None, None] * c[:, :, None] * c[:, None, :], axis=0)
 
 
-def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None):
+def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None,
+                  emission_factor: Optional[CholeskyFactor] = None):
     """One draw of x_{1:T} ~ p(x | y, params) for one sequence, and log p(y | params) (the forward
     filter's, so that a sweep's recorded lp costs no filter pass of its own).
 
     emissions (T, D) -> (states (T, S), log-likelihood ()); ``moments``: the sequence's
-    ``row_moments``, if known.  The T x S standard normals come from one draw: a key split and a
+    ``row_moments``, if known; ``emission_factor``: R's ``CholeskyFactor``, if known.  The T x S standard normals come from one draw: a key split and a
     small draw per time step cost more than the backward pass's arithmetic at these sizes
     (docs/performance.md)."""
     T = emissions.shape[0]
     log_likelihood, means, covs = kalman_filter(params, emissions, inputs, form=model.moments_form,
-                                                partial_missing=model.partial_missing, moments=moments)
+                                                partial_missing=model.partial_missing, moments=moments,
+                                                emission_factor=emission_factor)
     u = _inputs_or_zeros(params, T, inputs)
     F, Q = params.dynamics.weights, params.dynamics.cov
     B, b = params.dynamics.input_weights, params.dynamics.bias
@@ -200,14 +202,23 @@ def block_conditional(Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigma_fr
     return posterior._replace(df=df, scale=_sym(Psi + Syy - Mn @ Sxy))
 
 
-def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[tuple[jax.Array, jax.Array]]:
-    """(W, Sigma) of each of independent ``blocks``, drawn together: one gamma draw for every
+class DrawnBlock(NamedTuple):
+    """A block's draw: W (k, p), Sigma (k, k), and Sigma's lower Cholesky factor where Sigma was
+    drawn (it comes with the draw: ``priors.inverse_wishart_factor``), else None."""
+    W: jax.Array
+    Sigma: jax.Array
+    Sigma_chol: Optional[jax.Array]
+
+
+def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[DrawnBlock]:
+    """The draw of each of independent ``blocks``, drawn together: one gamma draw for every
     Bartlett diagonal and one normal draw for all the other variates, because each random-number
     call inlines its own hash (and the gamma its rejection loop) into the compiled sweep
     (docs/performance.md)."""
     dtype = blocks[0].Sigma.dtype
     k_chi, k_normal = jax.random.split(key)
-    shapes = [0.5 * (b.df - jnp.arange(b.Sigma.shape[-1], dtype=dtype)) for b in blocks if b.df is not None]
+    shapes = [priors.inverse_wishart_bartlett_shapes(b.df, b.Sigma.shape[-1], dtype) for b in blocks
+              if b.df is not None]
     chi2 = 2.0 * priors.sample_gamma(k_chi, jnp.concatenate(shapes)) if shapes else None
     num_normals = sum(b.num_normals() for b in blocks)
     normals = draws.normal(k_normal, (num_normals,), dtype) if num_normals else jnp.zeros((0,), dtype)
@@ -225,7 +236,7 @@ def draw_blocks(key, blocks: Sequence[BlockConditional]) -> list[tuple[jax.Array
             N = normals[i_normal:i_normal + n].reshape(k, len(b.free))
             # W_a = Mn + G N L_inv with G G^T = Sigma, so that rows have covariance L_inv^T L_inv = Sxx^-1
             W, i_normal = W.at[:, list(b.free)].set(b.mean + G @ N @ b.col_factor), i_normal + n
-        out.append((W, Sigma))
+        out.append(DrawnBlock(W, Sigma, G if b.df is not None else None))
     return out
 
 
@@ -233,17 +244,18 @@ def regression_block(key, Y, Z, W, Sigma, prior, free_cols: Sequence[bool], sigm
     """Draw the free part of (W, Sigma) from p(W, Sigma | Y, Z, frozen part), Y = Z W^T + N(0, Sigma)
     (arguments as ``block_conditional``'s)."""
     (drawn,) = draw_blocks(key, [block_conditional(Y, Z, W, Sigma, prior, free_cols, sigma_free, gram_y)])
-    return drawn
+    return drawn.W, drawn.Sigma
 
 
-def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None):
+def draw_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None, moments=None,
+                emission_factor: Optional[CholeskyFactor] = None):
     """x ~ p(x | y, params) for every sequence and log p(y | params).  emissions (M, T, D); inputs
-    (M, T, U) or None; moments: ``data_moments(emissions, inputs)`` or None.  Returns (states
-    (M, T, S), log-likelihood ())."""
+    (M, T, U) or None; moments: ``data_moments(emissions, inputs)`` or None; emission_factor: R's
+    ``CholeskyFactor`` or None.  Returns (states (M, T, S), log-likelihood ())."""
     M = emissions.shape[0]
     keys = jax.random.split(key, M)
     u = inputs if model.input_dim else None
-    one = lambda k, y, u, z: sample_states(k, model, params, y, u, z)
+    one = lambda k, y, u, z: sample_states(k, model, params, y, u, z, emission_factor)
     x, ll = jax.vmap(one, in_axes=(0, 0, None if u is None else 0, None if moments is None else 0))(
         keys, emissions, u, moments)
     return x, jnp.sum(ll)
@@ -259,7 +271,8 @@ def undrawn_states(model: Model, emissions):
     return jnp.full((M, T, model.state_dim), jnp.nan, emissions.dtype)
 
 
-def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, inputs=None, moments=None):
+def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, inputs=None, moments=None,
+                emission_chol=None):
     """One blocked-Gibbs sweep of the chain (params, states), in the order parameters | states, the
     latent-coordinate moves, then states | parameters (FFBS).
 
@@ -268,24 +281,31 @@ def gibbs_sweep(key, model: Model, params: ParamsLGSSM, states, emissions, input
             ``undrawn_states`` (all NaN) before the chain's first sweep.
         emissions: (M, T, D); inputs: (M, T, U) or None.
         moments: ``data_moments(emissions, inputs)`` (the same for every sweep) or None.
+        emission_chol: the lower Cholesky factor of ``params.emissions.cov`` if the caller has it
+            (a chain's position holds it), else None: factorised here.
 
     Returns:
-        (params, states, log p(y | params)) after the sweep: the log-likelihood of the new params
-        comes from the FFBS's forward filter.  Ordering the sweep this way (the states carried in
+        (params, states, log p(y | params), R's ``CholeskyFactor``) after the sweep: the
+        log-likelihood of the new params comes from the FFBS's forward filter; R's factor, which
+        the emission block draws, serves the moves, the filter and the caller's log prior and
+        position, none of which factorises R again.  Ordering the sweep this way (the states carried in
         the chain's state instead of drawn first) is what saves the recorded lp its own filter pass;
         the moves act on the parameters' marginal (they leave the likelihood unchanged) and are
         followed by a fresh draw of the states, so the chain keeps p(params, states | y) invariant.
     """
     k_params, k_states = jax.random.split(key)
-    params = draw_parameters(k_params, model, params, states, emissions, inputs, moments)
-    return (params,) + draw_states(k_states, model, params, emissions, inputs, moments)
+    params, R_factor = draw_parameters(k_params, model, params, states, emissions, inputs, moments, emission_chol)
+    return (params,) + draw_states(k_states, model, params, emissions, inputs, moments, R_factor) + (R_factor,)
 
 
-def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs=None, moments=None):
+def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs=None, moments=None,
+                    emission_chol=None):
     """params ~ p(params | x, y) block by block (conjugate), then the latent-coordinate moves.
     x: (M, T, S) states, or ``undrawn_states`` (all NaN: the blocks then keep ``params``, and only
     the moves act); emissions (M, T, D) with NaN entries imputed here given x; moments as in
-    ``gibbs_sweep`` (their y^T y is the emission block's, unless entries were imputed)."""
+    ``gibbs_sweep`` (their y^T y is the emission block's, unless entries were imputed);
+    emission_chol: as in ``gibbs_sweep``.  Returns (params, the emission covariance R's
+    ``CholeskyFactor``)."""
     M, T, _ = emissions.shape
     undrawn = jnp.all(jnp.isnan(x))
     x = jnp.where(undrawn, jnp.zeros_like(x), x)  # finite stand-ins: a rejection sampler loops on NaN
@@ -326,16 +346,19 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
     gram_y = None if moments is None or model.has_missing else _gram_of_y(moments)
     emission = block_conditional(Ye, Ze, We, params.emissions.cov, prior_of.emission_prior,
                                  free_e, "emissions.cov" not in frozen, gram_y)
-    (W0, S0), (Wd, Q), (We, R) = draw_blocks(k_blocks, [initial, dynamics, emission])
+    (W0, S0, _), (Wd, Q, _), (We, R, R_chol) = draw_blocks(k_blocks, [initial, dynamics, emission])
 
     params = ParamsLGSSM(
         initial=params.initial._replace(mean=W0[:, 0], cov=S0),
         dynamics=params.dynamics._replace(weights=Wd[:, :S], input_weights=Wd[:, S:S + U], bias=Wd[:, -1], cov=Q),
         emissions=params.emissions._replace(weights=We[:, :S], input_weights=We[:, S:S + U], bias=We[:, -1], cov=R))
     params = jax.tree.map(lambda kept, drawn: jnp.where(undrawn, kept, drawn), start, params)
+    kept_chol = small_cholesky(start.emissions.cov) if emission_chol is None else emission_chol
+    # R's factor: the drawn one; the kept one where R is frozen, or in a chain's first sweep
+    R_factor = cholesky_factor(R, kept_chol if R_chol is None else jnp.where(undrawn, kept_chol, R_chol))
     if frozen & LATENT_LEAVES:
-        return params
-    return latent_space_moves(k_move, model, params)
+        return params, R_factor
+    return latent_space_moves(k_move, model, params, R_factor), R_factor
 
 
 #: leaves that a change of latent coordinates x -> A x + c alters.
@@ -395,7 +418,7 @@ def small_lu_solve(M, rhs):
     return jnp.stack(x, axis=0), logdet
 
 
-def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
+def latent_space_moves(key, model: Model, params: ParamsLGSSM, R_factor: CholeskyFactor) -> ParamsLGSSM:
     """Metropolis moves along the likelihood's invariant directions (parameter expansion).
 
     The likelihood is unchanged by a change of latent coordinates x -> A x + c, so the posterior along
@@ -405,15 +428,14 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM) -> ParamsLGSSM:
     c ~ N(0, SHIFT_SCALE^2), accepted with the prior ratio times the map's Jacobian
     |A|^(2S + 4 + U - D) (m0, S0, B, b, Q, H transform; F by similarity).  Only the rotation- and
     shift-dependent leaves change; R, D and the likelihood do not, so the prior's R-only terms and
-    R's factor are computed once (``priors.latent_log_prior``) and the current value is carried.
-    Used when none of them is frozen.
+    R's factor (``R_factor``, R's ``CholeskyFactor``) serve every round (``priors.latent_log_prior``)
+    and the current value is carried.  Used when none of them is frozen.
     """
     S, D, U = model.state_dim, model.emission_dim, model.input_dim
     ssm = model.ssm
     logdet_power = 2 * S + 4 + U - D
     dtype = params.emissions.cov.dtype
-    R_chol_inv = small_solve_lower(small_cholesky(params.emissions.cov), jnp.eye(D, dtype=dtype))
-    log_target = lambda p: priors.latent_log_prior(ssm, p, R_chol_inv)
+    log_target = lambda p: priors.latent_log_prior(ssm, p, R_factor.chol_inv)
 
     def accept(log_u, current, proposal, log_jac):
         (params, lp), (new, new_lp) = current, (proposal, log_target(proposal))

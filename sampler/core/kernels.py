@@ -249,10 +249,11 @@ def build_gibbs(settings: KernelSettings) -> Kernel:
             params = structural_gibbs.gibbs_sweep(key, model, params, target.emissions, target.inputs, step_sd)
             position = model.to_position(params)
             return GibbsState(position, target.logdensity_fn()(position), state.latent)
-        params, latent, log_likelihood = gibbs.gibbs_sweep(key, model, params, state.latent, target.emissions,
-                                                           target.inputs, target.moments)
-        position = model.to_position(params)
-        return GibbsState(position, _log_density(model, position, params, log_likelihood), latent)
+        params, latent, log_likelihood, R_factor = gibbs.gibbs_sweep(
+            key, model, params, state.latent, target.emissions, target.inputs, target.moments,
+            model.covariance_cholesky(state.position, target.anchor, "emissions.cov"))
+        position = model.to_position(params, {"emissions.cov": R_factor.chol})
+        return GibbsState(position, _log_density(model, position, params, log_likelihood, R_factor), latent)
 
     def step(key, state, target: Target, tuning: Tuning, draw):
         state = sweep(key, state, target, tuning)
@@ -282,10 +283,11 @@ def burns_in_with_steps(kernel: Kernel, model: Model | StructuralModel) -> bool:
     return kernel.name == "gibbs" and not isinstance(model, StructuralModel)
 
 
-def _log_density(model: Model, position, params, log_likelihood):
-    """The log density of ``position`` given its parameters' log-likelihood (``Model.logdensity``
-    without the filter pass)."""
-    return priors.log_prior(model.ssm, params) + log_likelihood + model.log_det_jacobian(position)
+def _log_density(model: Model, position, params, log_likelihood, emission_factor):
+    """The log density of ``position`` given its parameters' log-likelihood and the emission
+    covariance's ``CholeskyFactor`` (``Model.logdensity`` without the filter pass or R's factorisation)."""
+    return (priors.log_prior(model.ssm, params, emission_factor) + log_likelihood
+            + model.log_det_jacobian(position))
 
 
 BUILDERS: dict[str, Callable[[KernelSettings], Kernel]] = {

@@ -18,10 +18,17 @@ from dynamax.linear_gaussian_ssm import (LinearGaussianConjugateSSM, ParamsLGSSM
                                          ParamsLGSSMEmissions, ParamsLGSSMInitial, lgssm_filter)
 from dynamax.parameters import ParameterProperties
 from dynamax.utils.bijectors import RealToPSDBijector
+from tensorflow_probability.substrates.jax import bijectors as tfb
 
 from sampler.core import priors
-from sampler.core.kalman import marginal_log_prob
+from sampler.core.kalman import marginal_log_prob, small_cholesky
 from sampler.core.leaves import LEAVES, TABLE, get_leaf, is_covariance, leaf_shape, set_leaf, store_name
+
+
+def _to_cholesky_factor(bijector):
+    """dynamax's ``RealToPSDBijector`` = Chain([CholeskyOuterProduct, TransformDiagonal(Exp),
+    FillTriangular]) without its outer product: unconstrained vector <-> lower Cholesky factor."""
+    return tfb.Chain(bijector.bijectors[1:])
 
 
 def params_from_leaves(values: Mapping[str, object]) -> ParamsLGSSM:
@@ -162,12 +169,16 @@ class Model:
         """Length of the flat unconstrained position vector."""
         return int(sum(np.prod(s, dtype=int) for s in self._unconstrained_shapes.values()))
 
-    def to_position(self, params: ParamsLGSSM) -> jax.Array:
-        """Flat unconstrained vector (dim,) of the free leaves of ``params``."""
+    def to_position(self, params: ParamsLGSSM, cholesky: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+        """Flat unconstrained vector (dim,) of the free leaves of ``params``.  ``cholesky``: leaf name ->
+        lower Cholesky factor, for covariance leaves whose factor the caller has (the bijector's first
+        step, the factorisation, is then skipped)."""
         parts = []
         for leaf in self.free:
             value = get_leaf(params, leaf)
             bij = self._bijector(leaf)
+            if bij is not None and cholesky and leaf in cholesky:
+                bij, value = _to_cholesky_factor(bij), cholesky[leaf]
             parts.append(jnp.ravel(value if bij is None else bij.inverse(value)))
         return jnp.concatenate(parts) if parts else jnp.zeros((0,))
 
@@ -186,6 +197,13 @@ class Model:
             bij = self._bijector(leaf)
             params = set_leaf(params, leaf, unc if bij is None else bij.forward(unc))
         return params
+
+    def covariance_cholesky(self, position: jax.Array, anchor: ParamsLGSSM, leaf: str) -> jax.Array:
+        """The lower Cholesky factor of covariance ``leaf``: read from the position where the leaf is
+        free (the constrained value is its outer product), factorised from the anchor where frozen."""
+        if leaf not in self.free:
+            return small_cholesky(get_leaf(anchor, leaf))
+        return _to_cholesky_factor(self._bijector(leaf)).forward(self._split(position)[leaf])
 
     def log_det_jacobian(self, position: jax.Array) -> jax.Array:
         """log |d constrained / d unconstrained| of the free leaves (dynamax's ``log_det_jac_constrain``)."""

@@ -9,6 +9,7 @@ S, so a vmapped batch does not pay a LAPACK call per chain).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,19 +17,21 @@ from jax.scipy.special import multigammaln
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import draws
-from sampler.core.kalman.linalg import log_det_cholesky, small_cholesky, small_solve_lower
+from sampler.core.kalman.linalg import CholeskyFactor, log_det_cholesky, small_cholesky, small_solve_lower
 
 #: a Python float, not a jnp constant: made at import, which in the CLI precedes enabling float64, a
 #: jnp constant would stay float32 and shift every lp by ~1e-7 (CLI against in-process runs)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def inverse_wishart_log_prob(Sigma, df, scale):
-    """log IW(Sigma | df, scale) = log |scale|^{df/2} |Sigma|^{-(df+k+1)/2} exp(-tr(scale Sigma^-1)/2) / Z."""
+def inverse_wishart_log_prob(Sigma, df, scale, factor: Optional[CholeskyFactor] = None):
+    """log IW(Sigma | df, scale) = log |scale|^{df/2} |Sigma|^{-(df+k+1)/2} exp(-tr(scale Sigma^-1)/2) / Z;
+    ``factor``: Sigma's ``CholeskyFactor``, if known."""
     k = Sigma.shape[-1]
-    L = small_cholesky(Sigma)
+    L = small_cholesky(Sigma) if factor is None else factor.chol
     Ls = small_cholesky(scale)
-    A = small_solve_lower(L, Ls)  # tr(scale Sigma^-1) = ||L^-1 Ls||_F^2
+    # tr(scale Sigma^-1) = ||L^-1 Ls||_F^2
+    A = small_solve_lower(L, Ls) if factor is None else factor.chol_inv @ Ls
     return (0.5 * df * log_det_cholesky(Ls) - 0.5 * df * k * jnp.log(2.0) - multigammaln(0.5 * df, k)
             - 0.5 * (df + k + 1) * log_det_cholesky(L) - 0.5 * jnp.sum(A * A))
 
@@ -40,18 +43,22 @@ def matrix_normal_quadratic(W, loc, row_chol_inv, col_precision):
     return -0.5 * jnp.sum(E * E)
 
 
-def matrix_normal_log_prob(W, loc, row_cov, col_precision):
-    """log MN(W | loc, row_cov, col_precision^-1) for W (k, p)."""
+def matrix_normal_log_prob(W, loc, row_cov, col_precision, row_factor: Optional[CholeskyFactor] = None):
+    """log MN(W | loc, row_cov, col_precision^-1) for W (k, p); ``row_factor``: row_cov's
+    ``CholeskyFactor``, if known."""
     k, p = W.shape
-    L = small_cholesky(row_cov)
-    L_inv = small_solve_lower(L, jnp.eye(k, dtype=L.dtype))
+    if row_factor is None:
+        L = small_cholesky(row_cov)
+        L_inv = small_solve_lower(L, jnp.eye(k, dtype=L.dtype))
+    else:
+        L, L_inv = row_factor
     return (-0.5 * k * p * _LOG_2PI - 0.5 * p * log_det_cholesky(L) + 0.5 * k * log_det_cholesky(small_cholesky(col_precision))
             + matrix_normal_quadratic(W, loc, L_inv, col_precision))
 
 
-def mniw_log_prob(Sigma, W, prior):
-    return (inverse_wishart_log_prob(Sigma, prior.df, prior.scale)
-            + matrix_normal_log_prob(W, prior.loc, Sigma, prior.col_precision))
+def mniw_log_prob(Sigma, W, prior, factor: Optional[CholeskyFactor] = None):
+    return (inverse_wishart_log_prob(Sigma, prior.df, prior.scale, factor)
+            + matrix_normal_log_prob(W, prior.loc, Sigma, prior.col_precision, factor))
 
 
 def _stacked(group):
@@ -68,10 +75,11 @@ def _initial_and_dynamics_log_prior(ssm, params: ParamsLGSSM):
     return lp + mniw_log_prob(params.dynamics.cov, _stacked(params.dynamics), ssm.dynamics_prior)
 
 
-def log_prior(ssm, params: ParamsLGSSM):
-    """``ssm.log_prior(params)`` for a dynamax ``LinearGaussianConjugateSSM`` with biases."""
+def log_prior(ssm, params: ParamsLGSSM, emission_factor: Optional[CholeskyFactor] = None):
+    """``ssm.log_prior(params)`` for a dynamax ``LinearGaussianConjugateSSM`` with biases;
+    ``emission_factor``: the emission covariance's ``CholeskyFactor``, if known."""
     return (_initial_and_dynamics_log_prior(ssm, params)
-            + mniw_log_prob(params.emissions.cov, _stacked(params.emissions), ssm.emission_prior))
+            + mniw_log_prob(params.emissions.cov, _stacked(params.emissions), ssm.emission_prior, emission_factor))
 
 
 def latent_log_prior(ssm, params: ParamsLGSSM, emission_chol_inv):
@@ -83,15 +91,26 @@ def latent_log_prior(ssm, params: ParamsLGSSM, emission_chol_inv):
             + matrix_normal_quadratic(_stacked(params.emissions), ep.loc, emission_chol_inv, ep.col_precision))
 
 
+def inverse_wishart_bartlett_shapes(df, k: int, dtype):
+    """The gamma shapes (k,) whose draws, doubled, are ``inverse_wishart_factor``'s ``chi2``."""
+    return 0.5 * (df - k + 1 + jnp.arange(k, dtype=dtype))
+
+
 def inverse_wishart_factor(chi2, normals, scale):
-    """The Bartlett decomposition's G (G G^T ~ IW(df, scale), k x k) from its variates: ``chi2``
-    (k,) with chi2_j ~ chi^2(df - j), and ``normals`` (k (k - 1) / 2,) standard normal."""
+    """Sigma ~ IW(df, scale) (k x k) by its lower Cholesky factor G (Sigma = G G^T), from the Bartlett
+    variates: ``chi2`` (k,) with chi2_j ~ chi^2(df - k + 1 + j) (j = 0..k-1), and ``normals``
+    (k (k - 1) / 2,) standard normal.
+
+    Bartlett's decomposition with an upper-triangular factor: B B^T ~ Wishart(df, I) for B upper
+    triangular with B_jj^2 ~ chi^2(df - k + 1 + j) and standard normals above the diagonal (the usual
+    lower-triangular one with rows and columns reversed).  With scale = K K^T,
+    W = K^-T B B^T K^-1 ~ Wishart(df, scale^-1), so Sigma = W^-1 = (K B^-T)(K B^-T)^T, and K B^-T is
+    lower triangular with a positive diagonal: Sigma's Cholesky factor comes with the draw, and the
+    sweep's other uses of Sigma factorise nothing (``CholeskyFactor``)."""
     k = scale.shape[-1]
     rows, cols = jnp.tril_indices(k, -1)
-    A = jnp.diag(jnp.sqrt(chi2)).at[rows, cols].set(normals)
-    # W = K^-T A A^T K^-1 ~ Wishart(df, scale^-1) with scale = K K^T; Sigma = W^-1 = G G^T, G = K A^-T
-    K = small_cholesky(scale)
-    return K @ small_solve_lower(A, jnp.eye(k, dtype=scale.dtype)).T
+    B_T = jnp.diag(jnp.sqrt(chi2)).at[rows, cols].set(normals)
+    return small_cholesky(scale) @ small_solve_lower(B_T, jnp.eye(k, dtype=scale.dtype))
 
 
 #: Marsaglia-Tsang proposals drawn at once per gamma variate: all of them are rejected with

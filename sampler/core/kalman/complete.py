@@ -47,18 +47,22 @@ def row_moments(y, u) -> RowMoments:
     return RowMoments(centre, z.T @ z)
 
 
-def emission_terms(H, d, Dw, R, y, u, moments=None):
+def emission_terms(H, d, Dw, R, y, u, moments=None, R_factor=None):
     """Per-sequence emission terms of the complete rows (rows with any NaN count as missing).
 
     Returns full (T,) 0/1, e (T, D) residuals y - d - D u (zero on missing rows), R^-1 (D, D),
     J (S, S), h (T, S), the Gram matrix sum_t e_t e_t^T (D, D) and the constant part of
     -2 log p(y): n (D log 2 pi + log|R|) + tr(R^-1 Gram).  ``moments``: ``row_moments(y, u)`` if
-    the caller has it (the Gram matrix then costs no pass over T)."""
+    the caller has it (the Gram matrix then costs no pass over T); ``R_factor``: R's
+    ``CholeskyFactor``, if known."""
     D = R.shape[-1]
     full = jnp.all(jnp.isfinite(y), axis=-1).astype(R.dtype)
     e = (jnp.where(full[:, None] > 0, y, 0.0) - d - u @ Dw.T) * full[:, None]
-    L = jnp.linalg.cholesky(R)
-    W = solve_triangular(L, jnp.eye(D, dtype=R.dtype), lower=True)
+    if R_factor is None:
+        L = jnp.linalg.cholesky(R)
+        W = solve_triangular(L, jnp.eye(D, dtype=R.dtype), lower=True)
+    else:
+        L, W = R_factor
     Ri = W.T @ W
     K = Ri @ H
     J = H.T @ K
@@ -115,11 +119,11 @@ def _scan_lists(m0, P0, F, Q, c_next, J, h, full):
     return ll, list(mf), Pf
 
 
-def _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments=None):
+def _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments=None, R_factor=None):
     """log p(y) and everything its gradient needs."""
     sym = lambda A: 0.5 * (A + A.T)
     P0, Q = sym(P0), sym(Q)
-    full, e, Ri, J, h, gram, const = emission_terms(H, d, Dw, R, y, u, moments)
+    full, e, Ri, J, h, gram, const = emission_terms(H, d, Dw, R, y, u, moments, R_factor)
     c_next = b + jnp.concatenate([u[1:], u[-1:]], axis=0) @ Bw.T
     ll, mf, Pf = _scan_lists(m0, P0, F, Q, c_next, J, h, full)
     return ll - 0.5 * const, (P0, Q, c_next, full, e, Ri, gram, mf, Pf)
@@ -145,11 +149,11 @@ def complete_value_and_grad(primals, need):
     return ll, tuple(grads[i]() if n else None for i, n in enumerate(need))
 
 
-def complete_filter(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments=None):
+def complete_filter(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments=None, R_factor=None):
     """(log p(y | params), filtered means (T, S), filtered covariances (T, S, S)) of the complete-row
     pass: ``kalman_filter``'s fast path for S <= ``UNROLL_MAX_DIM`` (same arguments as
-    ``complete_loglik_fn``, and ``row_moments(y, u)`` if known)."""
-    ll, (*_, mf, Pf) = _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments)
+    ``complete_loglik_fn``, and ``row_moments(y, u)`` and R's ``CholeskyFactor`` if known)."""
+    ll, (*_, mf, Pf) = _forward(m0, P0, F, b, Bw, Q, H, d, Dw, R, y, u, moments, R_factor)
     return ll, jnp.stack(mf, axis=-1), from_lists(sym_lists(Pf))
 
 

@@ -132,12 +132,14 @@ def _per_batch(exact, exact_vg, fast, fast_vg):
 
 
 def kalman_filter(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = None, *,
-                  form: Form = "auto", partial_missing: Optional[bool] = None, moments=None):
+                  form: Form = "auto", partial_missing: Optional[bool] = None, moments=None,
+                  emission_factor=None):
     """Kalman filter: log-likelihood and filtered moments (same arguments as ``marginal_log_prob``).
 
     ``moments``: ``row_moments(emissions, inputs)`` (inputs as (T, 0) zeros when there are none),
     for a caller that filters the same data many times; the complete-row path then skips its
-    T x D x D product (the other paths ignore it).
+    T x D x D product (the other paths ignore it).  ``emission_factor``: the emission covariance's
+    ``CholeskyFactor`` if the caller has it; the complete-row path then does not factorise R.
 
     Returns:
         (log_likelihood (), filtered_means (T, S), filtered_covariances (T, S, S)).
@@ -153,7 +155,7 @@ def kalman_filter(params: ParamsLGSSM, emissions, inputs: Optional[jax.Array] = 
     def path(partial):
         def one(p, y, u):
             if not partial and form == "information" and p.initial.mean.shape[-1] <= UNROLL_MAX_DIM:
-                return complete_filter(*_leaves(p), y, u, moments)
+                return complete_filter(*_leaves(p), y, u, moments, emission_factor)
             ll, (means, covs) = run(p, y, u, partial)
             return ll, means, covs
         return one

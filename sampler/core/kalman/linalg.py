@@ -5,6 +5,9 @@ kernels dominated by per-call overhead; straight-line elementwise code fuses wit
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
@@ -52,6 +55,22 @@ def small_solve_lower(L, b):
         s = b[i] - sum((L[i, k] * xs[k] for k in range(i)), start=jnp.zeros_like(b[i]))
         xs.append(s / L[i, i])
     return jnp.stack(xs, axis=0)
+
+
+class CholeskyFactor(NamedTuple):
+    """A covariance R = L L^T by its lower Cholesky factor ``chol`` L (n, n) and ``chol_inv`` L^-1.
+
+    What every consumer of R in a Gibbs sweep needs (the moves' prior, the filter's R^-1 and log|R|,
+    the log prior, the unconstrained position); the sweep draws L itself (``priors.inverse_wishart_factor``)
+    and hands it on, so none of them factorises R again (docs/performance.md)."""
+    chol: jax.Array
+    chol_inv: jax.Array
+
+
+def cholesky_factor(R, chol=None) -> CholeskyFactor:
+    """``CholeskyFactor`` of R (n, n); ``chol``: its lower Cholesky factor, if known."""
+    L = small_cholesky(R) if chol is None else chol
+    return CholeskyFactor(L, small_solve_lower(L, jnp.eye(R.shape[-1], dtype=R.dtype)))
 
 
 def small_matmul(A, b):
