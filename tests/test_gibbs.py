@@ -57,6 +57,33 @@ def test_latent_space_moves_leave_the_likelihood_unchanged():
     assert not np.allclose(moved.emissions.weights, params.emissions.weights)
 
 
+def test_the_moves_prior_differs_as_the_prior_and_its_whitened_weights_move_with_the_coordinates():
+    """The latent moves' target (``priors.latent_log_prior``, on emission weights whitened by R's
+    factor) changes by what the full log prior changes under a change of coordinates, and the
+    whitened weights mapped as (H, d) are (``gibbs._emission_map``) equal the mapped weights whitened."""
+    from sampler.core import gibbs, priors
+    from sampler.core.model import Model
+    model = Model(2, 4, input_dim=1)
+    params = model.initial_params(jax.random.PRNGKey(0), {})
+    params = params._replace(emissions=params.emissions._replace(
+        bias=jnp.array([0.5, -1.0, 0.2, 0.0]), input_weights=jnp.array([[0.3], [0.0], [-0.2], [0.1]]),
+        cov=jnp.diag(jnp.array([0.5, 1.0, 2.0, 0.7])) + 0.1))
+    A = jax.scipy.linalg.expm(0.3 * jax.random.normal(jax.random.PRNGKey(3), (2, 2)))
+    A_inv, c = jnp.linalg.inv(A), jnp.array([0.5, -1.0])
+    moved = gibbs._transform(params, A, A_inv, c)
+    L_inv = jnp.linalg.inv(jnp.linalg.cholesky(params.emissions.cov))
+    stacked = lambda em: jnp.column_stack((em.weights, em.input_weights, em.bias))
+    white = lambda p: L_inv @ stacked(p.emissions)
+    loc = L_inv @ model.ssm.emission_prior.loc
+    latent = lambda p: float(priors.latent_log_prior(model.ssm, p, white(p), loc))
+    full = lambda p: float(priors.log_prior(model.ssm, p))
+    assert latent(moved) - latent(params) == pytest.approx(full(moved) - full(params), rel=1e-9)
+    assert abs(full(moved) - full(params)) > 1e-3  # the move changes the prior
+    P = white(params)
+    P_H, P_d = gibbs._emission_map(P[:, :2], P[:, -1], A_inv, c)
+    np.testing.assert_allclose(jnp.column_stack((P_H, P[:, 2:3], P_d)), white(moved), rtol=1e-10, atol=1e-12)
+
+
 def test_the_emission_block_reads_the_data_moments_as_it_would_compute_them():
     """The data's moments, computed once per block (``gibbs.data_moments``), stand in for the
     emission block's y^T y: the same draw to rounding, with inputs and several sequences.  (The
@@ -78,7 +105,7 @@ def test_the_emission_block_reads_the_data_moments_as_it_would_compute_them():
 def test_a_chain_without_states_starts_its_first_sweep_at_the_moves():
     """Before its first sweep a chain has parameters only (``undrawn_states``, all NaN): the sweep
     keeps the parameters the conjugate blocks would draw given states (R, which no move changes,
-    stays bitwise), draws finite states and reports the log-likelihood of the parameters it ends at; from
+    stays, to rounding: it is re-formed from its factor), draws finite states and reports the log-likelihood of the parameters it ends at; from
     drawn states the same call does draw R."""
     from sampler.core import gibbs, kalman
     from sampler.core.model import Model
@@ -88,7 +115,7 @@ def test_a_chain_without_states_starts_its_first_sweep_at_the_moves():
     y = jnp.stack([y, y[::-1]])                                          # (M, T, D), M = 2
     sweep = jax.jit(lambda p, x: gibbs.gibbs_sweep(jax.random.PRNGKey(2), model, p, x, y))
     new, states, ll, factor = sweep(params, gibbs.undrawn_states(model, y))
-    np.testing.assert_array_equal(new.emissions.cov, params.emissions.cov)
+    np.testing.assert_allclose(new.emissions.cov, params.emissions.cov, rtol=1e-13, atol=1e-15)
     assert states.shape == (2, 40, 2) and np.all(np.isfinite(states))
     expected = sum(float(kalman.marginal_log_prob(new, y[m])) for m in range(2))
     assert float(ll) == pytest.approx(expected, rel=1e-9)

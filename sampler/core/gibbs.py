@@ -356,6 +356,10 @@ def draw_parameters(key, model: Model, params: ParamsLGSSM, x, emissions, inputs
     kept_chol = small_cholesky(start.emissions.cov) if emission_chol is None else emission_chol
     # R's factor: the drawn one; the kept one where R is frozen, or in a chain's first sweep
     R_factor = cholesky_factor(R, kept_chol if R_chol is None else jnp.where(undrawn, kept_chol, R_chol))
+    if R_chol is not None:
+        # R from its factor, the kept R included: nothing then reads the R the caller formed from
+        # the chain's position (one batched D x D product fewer per sweep)
+        params = params._replace(emissions=params.emissions._replace(cov=R_factor.chol @ R_factor.chol.T))
     if frozen & LATENT_LEAVES:
         return params, R_factor
     return latent_space_moves(k_move, model, params, R_factor), R_factor
@@ -367,18 +371,24 @@ LATENT_LEAVES = frozenset({"initial.mean", "initial.cov", "dynamics.weights", "d
 MOVE_ROUNDS, LINEAR_SCALE, SHIFT_SCALE = 4, 0.15, 0.3
 
 
+def _emission_map(H, d, A_inv, c):
+    """(H, d) in latent coordinates x' = A x + c: y = H x + d = (H A^-1) x' + (d - H A^-1 c)."""
+    H = H @ A_inv
+    return H, d - H @ c
+
+
 def _transform(params: ParamsLGSSM, A, A_inv, c) -> ParamsLGSSM:
     """Parameters of the same observation model in latent coordinates x' = A x + c."""
     mm = small_matmul
     F = mm(mm(A, params.dynamics.weights), A_inv)
-    H = params.emissions.weights @ A_inv
+    H, d = _emission_map(params.emissions.weights, params.emissions.bias, A_inv, c)
     return ParamsLGSSM(
         initial=params.initial._replace(mean=mm(A, params.initial.mean) + c,
                                         cov=_sym(mm(mm(A, params.initial.cov), A.T))),
         dynamics=params.dynamics._replace(weights=F, input_weights=A @ params.dynamics.input_weights,
                                           bias=mm(A, params.dynamics.bias) + c - mm(F, c),
                                           cov=_sym(mm(mm(A, params.dynamics.cov), A.T))),
-        emissions=params.emissions._replace(weights=H, bias=params.emissions.bias - H @ c))
+        emissions=params.emissions._replace(weights=H, bias=d))
 
 
 def cayley(Z):
@@ -428,35 +438,46 @@ def latent_space_moves(key, model: Model, params: ParamsLGSSM, R_factor: Cholesk
     c ~ N(0, SHIFT_SCALE^2), accepted with the prior ratio times the map's Jacobian
     |A|^(2S + 4 + U - D) (m0, S0, B, b, Q, H transform; F by similarity).  Only the rotation- and
     shift-dependent leaves change; R, D and the likelihood do not, so the prior's R-only terms and
-    R's factor (``R_factor``, R's ``CholeskyFactor``) serve every round (``priors.latent_log_prior``)
-    and the current value is carried.  Used when none of them is frozen.
+    R's factor (``R_factor``, R's ``CholeskyFactor``) serve every round and the current value is
+    carried.  The emission weights whitened by R's factor, L^-1 [H, D, d], change with the
+    coordinates as (H, d) do (``_emission_map``) and are carried too, so that a round's prior
+    (``priors.latent_log_prior``) multiplies by no D x D matrix.  Used when none of them is frozen.
     """
     S, D, U = model.state_dim, model.emission_dim, model.input_dim
     ssm = model.ssm
     logdet_power = 2 * S + 4 + U - D
     dtype = params.emissions.cov.dtype
-    log_target = lambda p: priors.latent_log_prior(ssm, p, R_factor.chol_inv)
+    whitened_loc = R_factor.chol_inv @ ssm.emission_prior.loc
+    log_target = lambda p, white: priors.latent_log_prior(ssm, p, jnp.column_stack(white), whitened_loc)
+
+    def propose(current, A, A_inv, c):
+        params, (P_H, P_D, P_d), _ = current
+        P_H, P_d = _emission_map(P_H, P_d, A_inv, c)
+        return _transform(params, A, A_inv, c), (P_H, P_D, P_d)
 
     def accept(log_u, current, proposal, log_jac):
-        (params, lp), (new, new_lp) = current, (proposal, log_target(proposal))
-        log_ratio = new_lp - lp + log_jac
+        new_lp = log_target(*proposal)
+        log_ratio = new_lp - current[2] + log_jac
         ok = (log_u < log_ratio) & jnp.isfinite(log_ratio)
-        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), (new, new_lp), (params, lp))
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), proposal + (new_lp,), current)
 
     def one_round(current, noise):
         z, c, log_u = noise
         A, A_inv, logdet = cayley(LINEAR_SCALE * z)
-        current = accept(log_u[0], current, _transform(current[0], A, A_inv, jnp.zeros(S, dtype)),
+        current = accept(log_u[0], current, propose(current, A, A_inv, jnp.zeros(S, dtype)),
                          logdet_power * logdet)
         eye = jnp.eye(S, dtype=dtype)
-        return accept(log_u[1], current, _transform(current[0], eye, eye, SHIFT_SCALE * c), 0.0), None
+        return accept(log_u[1], current, propose(current, eye, eye, SHIFT_SCALE * c), 0.0), None
 
     # every round's randomness in two draws (per-call RNG cost adds up over 4 rounds x 1,000s of chains)
     k_normal, k_uniform = jax.random.split(key)
     normals = draws.normal(k_normal, (MOVE_ROUNDS, S * S + S), dtype)
     noise = (normals[:, :S * S].reshape(MOVE_ROUNDS, S, S), normals[:, S * S:],
              jnp.log(draws.uniform(k_uniform, (MOVE_ROUNDS, 2), dtype)))
-    (params, _), _ = jax.lax.scan(one_round, (params, log_target(params)), noise)
+    em = params.emissions
+    P = R_factor.chol_inv @ jnp.column_stack((em.weights, em.input_weights, em.bias))
+    white = (P[:, :S], P[:, S:S + U], P[:, -1])
+    (params, _, _), _ = jax.lax.scan(one_round, (params, white, log_target(params, white)), noise)
     return params
 
 

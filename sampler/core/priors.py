@@ -82,13 +82,13 @@ def log_prior(ssm, params: ParamsLGSSM, emission_factor: Optional[CholeskyFactor
             + mniw_log_prob(params.emissions.cov, _stacked(params.emissions), ssm.emission_prior, emission_factor))
 
 
-def latent_log_prior(ssm, params: ParamsLGSSM, emission_chol_inv):
-    """``log_prior`` up to terms that depend on the emission covariance R alone, given L^-1 with
-    R = L L^T: what a change of latent coordinates (which keeps R) can change.  Cheaper than
-    ``log_prior`` by every factorisation of the emission-sized R."""
-    ep = ssm.emission_prior
-    return (_initial_and_dynamics_log_prior(ssm, params)
-            + matrix_normal_quadratic(_stacked(params.emissions), ep.loc, emission_chol_inv, ep.col_precision))
+def latent_log_prior(ssm, params: ParamsLGSSM, whitened_weights, whitened_loc):
+    """``log_prior`` up to terms that depend on the emission covariance R alone: what a change of
+    latent coordinates (which keeps R) can change.  The emission weights [H, D, d] and the prior's
+    mean come whitened by R's factor (L^-1 [H, D, d] and L^-1 loc, R = L L^T), so that this costs no
+    factorisation and no product with an emission-sized matrix."""
+    E = (whitened_weights - whitened_loc) @ small_cholesky(ssm.emission_prior.col_precision)
+    return _initial_and_dynamics_log_prior(ssm, params) - 0.5 * jnp.sum(E * E)
 
 
 def inverse_wishart_bartlett_shapes(df, k: int, dtype):
