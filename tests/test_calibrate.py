@@ -309,7 +309,8 @@ def test_tempered_sampler_fails_calibration(tmp_path, monkeypatch):
     from sampler.core import engine, gibbs
     original = gibbs.sample_states
 
-    def tempered(key, model, params, emissions, inputs=None, moments=None):
+    def tempered(key, model, params, emissions, inputs=None, moments=None, emission_factor=None):
+        # R's factor from the sweep is the untempered R's: the filter factorises the tempered R itself
         params = params._replace(emissions=params.emissions._replace(cov=2.0 * params.emissions.cov))
         return original(key, model, params, emissions, inputs, moments)
 

@@ -71,9 +71,9 @@ def sample_states(key, model: Model, params: ParamsLGSSM, emissions, inputs=None
     filter's, so that a sweep's recorded lp costs no filter pass of its own).
 
     emissions (T, D) -> (states (T, S), log-likelihood ()); ``moments``: the sequence's
-    ``row_moments``, if known; ``emission_factor``: R's ``CholeskyFactor``, if known.  The T x S standard normals come from one draw: a key split and a
-    small draw per time step cost more than the backward pass's arithmetic at these sizes
-    (docs/performance.md)."""
+    ``row_moments``, if known; ``emission_factor``: R's ``CholeskyFactor``, if known.  The T x S
+    standard normals come from one draw: a key split and a small draw per time step cost more than
+    the backward pass's arithmetic at these sizes (docs/performance.md)."""
     T = emissions.shape[0]
     log_likelihood, means, covs = kalman_filter(params, emissions, inputs, form=model.moments_form,
                                                 partial_missing=model.partial_missing, moments=moments,
