@@ -55,3 +55,29 @@ def test_zero_warmup_steps_start_untuned_at_the_initial_position(target, name):
     # Gibbs has no step size at all; the HMC family starts at the configured one
     assert np.isnan(tuning.step_size) if name == "gibbs" else float(tuning.step_size) == 0.25
     assert np.isnan(tuning.trajectory_length)
+
+
+def test_a_gibbs_sweep_records_the_log_density_of_its_position():
+    """The Gibbs kernel's recorded log density (the prior, Jacobian and position from the R factor the
+    sweep draws, the likelihood from its FFBS filter) equals the model's log density at the position
+    it ends at, in the chain's first sweep (R kept) and after it (R drawn).  D = 5 takes the LAPACK
+    paths of the factorisations."""
+    model = Model(2, 5)
+    y = jnp.asarray(simulate(1, state_dim=2, emission_dim=5, T=30)["emissions"][0])[None]
+    anchor = model.initial_params(jax.random.PRNGKey(0), {})
+    target = kernels.Target.of(model, anchor, y, None)
+    kernel = kernels.build("gibbs")
+    logdensity = target.logdensity_fn()
+
+    @jax.jit
+    def two_sweeps(q):
+        state, tuning = kernel.warmup(jax.random.PRNGKey(1), q, target, 0)
+        first, _ = kernel.step(jax.random.PRNGKey(2), state, target, tuning, 0)
+        second, _ = kernel.step(jax.random.PRNGKey(3), first, target, tuning, 1)
+        return [(s.position, s.logdensity, logdensity(s.position)) for s in (first, second)]
+
+    start = model.to_position(anchor)
+    (q1, lp1, ref1), (q2, lp2, ref2) = two_sweeps(start)
+    assert not np.allclose(q2, q1)
+    for lp, ref in ((lp1, ref1), (lp2, ref2)):
+        assert np.isfinite(float(ref)) and float(lp) == pytest.approx(float(ref), rel=1e-9)

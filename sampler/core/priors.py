@@ -17,7 +17,8 @@ from jax.scipy.special import multigammaln
 from dynamax.linear_gaussian_ssm import ParamsLGSSM
 
 from sampler.core import draws
-from sampler.core.kalman.linalg import CholeskyFactor, log_det_cholesky, small_cholesky, small_solve_lower
+from sampler.core.kalman.linalg import (CholeskyFactor, cholesky_factor, log_det_cholesky, small_cholesky,
+                                       small_solve_lower)
 
 #: a Python float, not a jnp constant: made at import, which in the CLI precedes enabling float64, a
 #: jnp constant would stay float32 and shift every lp by ~1e-7 (CLI against in-process runs)
@@ -47,11 +48,7 @@ def matrix_normal_log_prob(W, loc, row_cov, col_precision, row_factor: Optional[
     """log MN(W | loc, row_cov, col_precision^-1) for W (k, p); ``row_factor``: row_cov's
     ``CholeskyFactor``, if known."""
     k, p = W.shape
-    if row_factor is None:
-        L = small_cholesky(row_cov)
-        L_inv = small_solve_lower(L, jnp.eye(k, dtype=L.dtype))
-    else:
-        L, L_inv = row_factor
+    L, L_inv = cholesky_factor(row_cov) if row_factor is None else row_factor
     return (-0.5 * k * p * _LOG_2PI - 0.5 * p * log_det_cholesky(L) + 0.5 * k * log_det_cholesky(small_cholesky(col_precision))
             + matrix_normal_quadratic(W, loc, L_inv, col_precision))
 
