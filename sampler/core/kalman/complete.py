@@ -19,11 +19,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 from sampler.core.kalman.common import LOG_2PI, with_gradient
-from sampler.core.kalman.linalg import (as_lists, chol_lists, from_lists, log_det_cholesky, lower, lsum,
-                                       solve_lower_lists, sym_lists)
+from sampler.core.kalman.linalg import (as_lists, chol_lists, cholesky_factor, from_lists, log_det_cholesky, lower,
+                                       lsum, solve_lower_lists, sym_lists)
 from sampler.core.kalman.smoother import fisher_gradient, rts_smoother
 
 
@@ -58,11 +57,7 @@ def emission_terms(H, d, Dw, R, y, u, moments=None, R_factor=None):
     D = R.shape[-1]
     full = jnp.all(jnp.isfinite(y), axis=-1).astype(R.dtype)
     e = (jnp.where(full[:, None] > 0, y, 0.0) - d - u @ Dw.T) * full[:, None]
-    if R_factor is None:
-        L = jnp.linalg.cholesky(R)
-        W = solve_triangular(L, jnp.eye(D, dtype=R.dtype), lower=True)
-    else:
-        L, W = R_factor
+    L, W = cholesky_factor(R) if R_factor is None else R_factor
     Ri = W.T @ W
     K = Ri @ H
     J = H.T @ K
