@@ -118,7 +118,7 @@ def _chains(model, kernel, y, num_chains, num_warmup, num_draws, seed=0):
     k = kernels.build(kernel)
     chains = engine.init_program(model, k, num_warmup, num_chains)(keys, em, None, {})
     _, draws = engine.sample_program(model, k, num_draws)(keys, chains, em, None, np.int32(0), np.int32(num_draws))
-    return {n: np.asarray(v) for n, v in draws.params.items()}
+    return {n: np.swapaxes(np.asarray(v), 0, 1) for n, v in draws.params.items()}
 
 
 def _mean_and_se(x):

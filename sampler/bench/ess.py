@@ -72,8 +72,8 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
     # without overlap: a block that reaches the target is not followed by one more, dispatched unused
     for b in runner.iter_blocks(ctx, inputs, chains, overlap=False):
         draws = b.host_draws()
-        R = draws.params.emissions.cov[:n]                               # (B, block, D, D)
-        steps.append(draws.stats.n_steps[:n])
+        R = draws.params.emissions.cov[:, :n]                            # (block, B, D, D)
+        steps.append(draws.stats.n_steps[:, :n])
         done = b.start + R.shape[1]
         t_check = time.perf_counter()
         blocks.append(runner.to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
@@ -83,12 +83,12 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
             break
     wall = time.perf_counter() - t0 - paused
     compile_s = _compile_seconds(ctx, inputs, block)
-    steps = np.concatenate(steps, axis=1).reshape(num_datasets * num_chains, -1)   # (chains, draws)
+    steps = np.concatenate(steps, axis=0).reshape(-1, num_datasets * num_chains)   # (draws, chains)
     gradient_based = algorithm != "gibbs"
     return _row(f"sampler {algorithm}", num_datasets, num_chains, done, wall, ess, target, scale_to,
                 chain_sweeps_per_s=num_datasets * num_chains * (num_warmup + done) / wall, **compile_s,
                 grads_per_draw=float(steps.mean()) if gradient_based else float("nan"),
-                lockstep_grads_per_draw=float(steps.max(axis=0).mean()) if gradient_based else float("nan"))
+                lockstep_grads_per_draw=float(steps.max(axis=1).mean()) if gradient_based else float("nan"))
 
 
 def _compile_seconds(ctx, inputs, block: int) -> dict:

@@ -135,9 +135,9 @@ def device_count(num_datasets: int, limit: Optional[int] = None) -> int:
     return max(1, min(n, num_datasets))
 
 
-def _split_over_devices(fn, num_batched: int, num_replicated: int, num_devices: int):
+def _split_over_devices(fn, num_batched: int, num_replicated: int, num_devices: int, out_specs=P("batch")):
     """Run ``fn`` (batched args first, then replicated scalars) over the first ``num_devices`` local
-    devices.
+    devices; ``out_specs`` names each output's batch axis (by default its leading one).
 
     With one device this is plain ``jit``.  With several, the batch axis is split over a 1-D mesh with
     ``shard_map`` so that every device runs its own loops (a vmapped NUTS ``while_loop`` does not wait
@@ -147,14 +147,15 @@ def _split_over_devices(fn, num_batched: int, num_replicated: int, num_devices: 
         return jax.jit(fn)
     mesh = Mesh(np.array(jax.local_devices()[:num_devices]), ("batch",))
     in_specs = (P("batch"),) * num_batched + (P(),) * num_replicated
-    split = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("batch"), check_vma=False)
+    split = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
     # Shardings fixed in the signature, not inferred from the arguments: one compiled program then
     # serves host arrays, restored checkpoints, another program's outputs and shape-only lowering
     # (``runner.init_chains``'s head start), where inferred ones made the first call compile the block
     # program a second time (measured: docs/performance.md).
     batched, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
     return jax.jit(split, in_shardings=(batched,) * num_batched + (replicated,) * num_replicated,
-                   out_shardings=batched)
+                   out_shardings=jax.tree.map(lambda spec: NamedSharding(mesh, spec), out_specs,
+                                              is_leaf=lambda x: isinstance(x, P)))
 
 
 @lru_cache(maxsize=None)
@@ -183,10 +184,13 @@ def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int, num_dev
     shorter last one included (its chains advance ``count`` draws; draw slots past ``count`` are
     zeros, for the caller to drop).
 
-    ``draws`` leaves come out as (B, num_draws, ...).
+    ``draws`` leaves come out as (num_draws, B, ...), the order in which the loop over draws stacks
+    them: (B, num_draws, ...) cost a transpose of the whole block on the device, ~3% of a block's
+    time (docs/performance.md), and the store's layout needs a host copy either way.
     """
     one = partial(_sample_one, model, kernel, num_draws)
-    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)), 4, 2, num_devices)
+    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None), out_axes=(0, 1)), 4, 2,
+                               num_devices, out_specs=(P("batch"), P(None, "batch")))
 
 
 def pad_to_devices(tree, batch: int, group: int = 1, num_devices: int = 1):

@@ -154,15 +154,15 @@ class ShardInputs(NamedTuple):
 
 class Block(NamedTuple):
     """One block of draws of a shard: its first draw index, its number of draws, the draws (device
-    arrays, leading axes (B, block size): the slots past ``count`` are padding) and the chains after it."""
+    arrays, leading axes (block size, B): the slots past ``count`` are padding) and the chains after it."""
     start: int
     count: int
     draws: engine.Draws
     chains: engine.Chains
 
     def host_draws(self) -> engine.Draws:
-        """The block's ``count`` draws as numpy arrays (B, count, ...)."""
-        return jax.tree.map(lambda x: np.asarray(x)[:, :self.count], self.draws)
+        """The block's ``count`` draws as numpy arrays (count, B, ...)."""
+        return jax.tree.map(lambda x: np.asarray(x)[:self.count], self.draws)
 
 
 def shard_inputs(ctx: RunContext, shard: Shard) -> ShardInputs:
@@ -277,10 +277,10 @@ def iter_blocks(ctx: RunContext, inputs: ShardInputs, chains: engine.Chains, sta
 
 
 def to_store_layout(x, n: int, C: int) -> np.ndarray:
-    """(B, K, ...) dataset-major batch rows -> (C, K, n, ...) for the n real datasets."""
-    x = np.asarray(x)[: n * C]
-    x = x.reshape((n, C) + x.shape[1:])
-    return np.moveaxis(x, 0, 2)
+    """(K, B, ...) draws of dataset-major batch rows -> (C, K, n, ...) for the n real datasets."""
+    x = np.asarray(x)[:, : n * C]
+    x = x.reshape(x.shape[:1] + (n, C) + x.shape[2:])
+    return np.moveaxis(x, 2, 0)
 
 
 def _write_draws(ctx: RunContext, shard: Shard, start: int, draws: engine.Draws,
