@@ -74,7 +74,7 @@ def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_cha
         draws = b.host_draws()
         R = draws.params.emissions.cov[:, :n]                            # (block, B, D, D)
         steps.append(draws.stats.n_steps[:, :n])
-        done = b.start + R.shape[1]
+        done = b.start + R.shape[0]
         t_check = time.perf_counter()
         blocks.append(runner.to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
         ess = min_bulk_ess(np.concatenate(blocks, axis=1))
