@@ -90,7 +90,8 @@ def _hoist_small_loops() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_extra_options" in flags:
         return
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold={64 << 20}".strip()
+    threshold = f"xla_cpu_small_while_loop_byte_threshold={64 << 20}"
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_extra_options={threshold}".strip()
 
 
 _cap_xla_cpu_isa()
