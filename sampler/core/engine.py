@@ -96,25 +96,39 @@ def _init_dataset(model: Model, kernel: kernels.Kernel, num_warmup: int, keys, e
     return Chains(states, tuning, anchors)
 
 
-def _sample_one(model: Model, kernel: kernels.Kernel, num_draws: int,
-                key, chains: Chains, emissions, inputs, start, count):
-    target = kernels.Target.of(model, chains.anchor, emissions, inputs)
-    draw_key = jax.random.fold_in(key, _DRAW)
+# --- a block of draws: one loop over the batch, each draw its vmapped step ---------------------------
+def _sample_block(model: Model, kernel: kernels.Kernel, num_draws: int,
+                  keys, chains: Chains, emissions, inputs, start, count):
+    """A block of ``count <= num_draws`` draws of B chains (leading axis B on every argument but
+    ``start`` and ``count``): draws (num_draws, B, ...), the slots past ``count`` zeros.
+
+    The loop over draws runs over the batch, each draw a vmapped step, rather than a vmapped loop per
+    chain: under ``vmap`` the ``cond`` that skips the slots past ``count`` traces its sweep branch twice
+    (once to learn which outputs are batched, once to batch them), about a second of every process's
+    start-up (docs/performance.md, "Start-up")."""
+    per_chain = lambda fn: jax.vmap(fn, in_axes=(0,) * 6 + (None,))
+    draw_keys = jax.vmap(lambda k: jax.random.fold_in(k, _DRAW))(keys)
+    moments = jax.vmap(partial(kernels.Target.moments_of, model))(emissions, inputs)
+
+    def advance_one(draw_key, state, anchor, tuning, y, u_and_moments, i):
+        target = kernels.Target(model, anchor, y, *u_and_moments)
+        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, target, tuning, start + i)
+        params = model.to_params(state.position, anchor)
+        lp = state.logdensity - model.log_det_jacobian(state.position)
+        return state, Draws(params, lp, stats, tuning.step_size)
 
     def advance(state, i):
-        state, stats = kernel.step(jax.random.fold_in(draw_key, start + i), state, target, chains.tuning,
-                                   start + i)
-        params = model.to_params(state.position, chains.anchor)
-        lp = state.logdensity - model.log_det_jacobian(state.position)
-        return state, Draws(params, lp, stats, chains.tuning.step_size)
+        return per_chain(advance_one)(draw_keys, state, chains.anchor, chains.tuning, emissions,
+                                      (inputs, moments), i)
 
     def hold(state, i):
-        # past ``count``: the chain stays, the draw slot is zeros, shaped from what the chain already
-        # has rather than from ``eval_shape(advance)``, a second trace of the sweep (seconds of every
-        # process's start-up: docs/performance.md)
+        # past ``count``: the chains stay, the draw slots are zeros, shaped from what the chains
+        # already have rather than from ``eval_shape(advance)``, a second trace of the sweep (seconds
+        # of every process's start-up: docs/performance.md)
         zeros = partial(jax.tree.map, jnp.zeros_like)
-        return state, Draws(zeros(chains.anchor), zeros(state.logdensity),
-                            StepStats.zeros(state.logdensity.dtype), zeros(chains.tuning.step_size))
+        B = state.logdensity.shape[0]
+        stats = jax.tree.map(lambda z: jnp.broadcast_to(z, (B,)), StepStats.zeros(state.logdensity.dtype))
+        return state, Draws(zeros(chains.anchor), zeros(state.logdensity), stats, zeros(chains.tuning.step_size))
 
     def one_draw(state, i):
         return jax.lax.cond(i < count, advance, hold, state, i)
@@ -188,9 +202,8 @@ def sample_program(model: Model, kernel: kernels.Kernel, num_draws: int, num_dev
     them: (B, num_draws, ...) cost a transpose of the whole block on the device, ~3% of a block's
     time (docs/performance.md), and the store's layout needs a host copy either way.
     """
-    one = partial(_sample_one, model, kernel, num_draws)
-    return _split_over_devices(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None), out_axes=(0, 1)), 4, 2,
-                               num_devices, out_specs=(P("batch"), P(None, "batch")))
+    return _split_over_devices(partial(_sample_block, model, kernel, num_draws), 4, 2, num_devices,
+                               out_specs=(P("batch"), P(None, "batch")))
 
 
 def pad_to_devices(tree, batch: int, group: int = 1, num_devices: int = 1):

@@ -47,11 +47,15 @@ class Target(NamedTuple):
 
     @classmethod
     def of(cls, model, anchor, emissions, inputs) -> "Target":
-        """The target with the data's moments for the general LG-SSM: built once, outside a program's
-        loop over draws, they spare every Gibbs sweep two T x D x D products (a kernel that reads
-        none of them leaves them to XLA's dead-code elimination)."""
-        general = not isinstance(model, StructuralModel)
-        return cls(model, anchor, emissions, inputs, gibbs.data_moments(emissions, inputs) if general else None)
+        """The target with the data's moments (``moments_of``)."""
+        return cls(model, anchor, emissions, inputs, cls.moments_of(model, emissions, inputs))
+
+    @staticmethod
+    def moments_of(model, emissions, inputs) -> Optional[RowMoments]:
+        """The data's moments for the general LG-SSM, None for a structural model: computed once,
+        outside a program's loop over draws, they spare every Gibbs sweep two T x D x D products (a
+        kernel that reads none of them leaves them to XLA's dead-code elimination)."""
+        return None if isinstance(model, StructuralModel) else gibbs.data_moments(emissions, inputs)
 
     def logdensity_fn(self):
         return self.model.logdensity_fn(self.anchor, self.emissions, self.inputs)
