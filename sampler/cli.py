@@ -207,7 +207,7 @@ def _add_study_commands(sub) -> None:
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     b.add_argument("--batches", help="comma-separated batch sizes for the gradient benchmark")
     b.add_argument("--datasets", type=int, help="datasets in the end-to-end run")
-    b.add_argument("--only", help="comma-separated parts: grad,parallel,e2e,io,rss,warmup,ess,headline,sts,sts-panel (default: all)")
+    b.add_argument("--only", help="comma-separated parts: grad,parallel,e2e,io,rss,warmup,ess,headline,scale,sts,sts-panel (default: all)")
     b.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     b.set_defaults(fn=_bench)
 

@@ -9,6 +9,7 @@ Parts (``PARTS``; each a function returning plain dicts, printed as a table or J
 * ``ess`` -- wall time until every dataset reaches bulk-ESS 400 on diag(R), every kernel against the
   seed's procedure and dynamax's Gibbs (looped, and vmapped by hand: ``anchor``) (``ess``);
 * ``headline`` -- the same for Gibbs and dynamax's Gibbs only (``ess``, ``anchor``);
+* ``scale`` -- Gibbs alone to that target on many datasets in shards (100,000 on a GPU) (``ess``);
 * ``sts``, ``sts-panel`` -- the structural Gibbs sweep: chain-sweeps/s against the state size, and
   the posterior of 1,000 monthly series (``structural``).
 

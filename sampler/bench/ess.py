@@ -28,7 +28,7 @@ import os
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -56,39 +56,67 @@ def _row(procedure: str, datasets: int, chains: int, draws: int, wall: float, es
 
 def engine_time_to_ess(root: Path, algorithm: str, num_datasets: int, *, num_chains: int = 4,
                        num_warmup: int = BURN_IN, block: int = 250, max_draws: int = 8000,
-                       target: float = TARGET_ESS, dtype: str = "float64", scale_to: int = 256) -> dict:
-    """``sampler``'s engine on ``num_datasets`` seed-model datasets until all reach ``target``."""
+                       target: float = TARGET_ESS, dtype: str = "float64", scale_to: int = 256,
+                       shard_size: Optional[int] = None, progress: Optional[TextIO] = None) -> dict:
+    """``sampler``'s engine on ``num_datasets`` seed-model datasets until all reach ``target``: in
+    shards of ``shard_size`` datasets (default: one shard), one after another, as ``sampler run``
+    runs them on one host, each until all of its own datasets reach it.  ``draws`` is the most any
+    shard needed.  ``progress``: a line per shard as it ends (a run cut short still says how far it got)."""
     data = write_data(root / f"data-{num_datasets}", num_datasets)
     cfg = bench_config(root / algorithm, data, num_chains=num_chains, num_warmup=num_warmup,
-                       num_draws=max_draws, shard_size=num_datasets, checkpoint_every=block,
+                       num_draws=max_draws, shard_size=shard_size or num_datasets, checkpoint_every=block,
                        algorithm=algorithm, dtype=dtype)
     ctx = runner.RunContext(cfg, root / algorithm / "null")
-    (shard,) = ctx.shards
     t0 = time.perf_counter()
+    shards = []
+    for shard in ctx.shards:
+        shards.append(_shard_to_target(ctx, shard, target))
+        if progress is not None:
+            done = shards[-1]
+            print(f"shard {len(shards)}/{len(ctx.shards)}: {done.datasets} datasets, {done.draws} draws, min ESS "
+                  f"{done.ess.min():.0f}, {time.perf_counter() - t0 - sum(s.paused for s in shards):.1f} s so far",
+                  file=progress, flush=True)
+    wall = time.perf_counter() - t0 - sum(s.paused for s in shards)
+    compile_s = _compile_seconds(ctx, runner.shard_inputs(ctx, ctx.shards[0]), block)
+    ess = np.concatenate([s.ess for s in shards])
+    steps = np.concatenate([s.steps.ravel() for s in shards])
+    lockstep = np.concatenate([s.steps.max(axis=1) for s in shards])   # a shard's slowest chain, per draw
+    gradient_based = algorithm != "gibbs"
+    chain_sweeps = num_chains * sum(s.datasets * (num_warmup + s.draws) for s in shards)
+    return _row(f"sampler {algorithm}", num_datasets, num_chains, max(s.draws for s in shards), wall, ess,
+                target, scale_to, chain_sweeps_per_s=chain_sweeps / wall, shards=len(shards), **compile_s,
+                grads_per_draw=float(steps.mean()) if gradient_based else float("nan"),
+                lockstep_grads_per_draw=float(lockstep.mean()) if gradient_based else float("nan"))
+
+
+class _ShardResult(NamedTuple):
+    datasets: int
+    draws: int
+    ess: np.ndarray       # (datasets,) minimum bulk ESS over diag(R)
+    steps: np.ndarray     # (draws, chains) gradient evaluations per draw
+    paused: float         # seconds spent checking the ESS, off the clock
+
+
+def _shard_to_target(ctx, shard, target: float) -> _ShardResult:
+    """One shard's chains: initial values, warmup, then blocks of draws until every one of its
+    datasets reaches ``target``, checked after each block (the check off the clock)."""
+    n, C = shard.stop - shard.start, ctx.cfg.sampler.num_chains
     inputs = runner.shard_inputs(ctx, shard)
     chains = runner.init_chains(ctx, inputs)
-    n = inputs.num_real
     blocks, steps, paused, done = [], [], 0.0, 0
     # without overlap: a block that reaches the target is not followed by one more, dispatched unused
     for b in runner.iter_blocks(ctx, inputs, chains, overlap=False):
         draws = b.host_draws()
-        R = draws.params.emissions.cov[:, :n]                            # (block, B, D, D)
-        steps.append(draws.stats.n_steps[:, :n])
+        R = draws.params.emissions.cov                                    # (block, B, D, D)
+        steps.append(draws.stats.n_steps[:, :n * C])
         done = b.start + R.shape[0]
         t_check = time.perf_counter()
-        blocks.append(runner.to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), num_datasets, num_chains))
+        blocks.append(runner.to_store_layout(np.diagonal(R, axis1=-2, axis2=-1), n, C))
         ess = min_bulk_ess(np.concatenate(blocks, axis=1))
         paused += time.perf_counter() - t_check
         if np.all(ess >= target):
             break
-    wall = time.perf_counter() - t0 - paused
-    compile_s = _compile_seconds(ctx, inputs, block)
-    steps = np.concatenate(steps, axis=0).reshape(-1, num_datasets * num_chains)   # (draws, chains)
-    gradient_based = algorithm != "gibbs"
-    return _row(f"sampler {algorithm}", num_datasets, num_chains, done, wall, ess, target, scale_to,
-                chain_sweeps_per_s=num_datasets * num_chains * (num_warmup + done) / wall, **compile_s,
-                grads_per_draw=float(steps.mean()) if gradient_based else float("nan"),
-                lockstep_grads_per_draw=float(steps.max(axis=1).mean()) if gradient_based else float("nan"))
+    return _ShardResult(n, done, ess, np.concatenate(steps, axis=0), paused)
 
 
 def _compile_seconds(ctx, inputs, block: int) -> dict:
@@ -178,6 +206,29 @@ def time_to_ess(root: Path, *, datasets: dict[str, int], dtype: str = "float64",
         ref["best_sampler_ratio"] = best["dataset_ess_per_s"] / ref["dataset_ess_per_s"]
         ref["best_sampler_time_ratio"] = ref["wall_s_for_256"] / best["wall_s_for_256"]
     return rows + references
+
+
+#: datasets per shard of the ``scale`` part on an accelerator: a block of 250 draws of 12,500 x 4
+#: chains is ~15 GB on the device (every parameter leaf; diag(R) alone goes to the ESS check).
+ACCELERATOR_SHARD = 12_500
+SCALE_LIMIT_S = 600.0
+
+
+def scale_time_to_ess(root: Path, *, num_datasets: int, shard_size: int, dtype: str = "float64",
+                      num_warmup: int = BURN_IN, max_draws: int = 8000, target: float = TARGET_ESS,
+                      progress: Optional[TextIO] = None) -> dict:
+    """``sampler bench --only scale``: Gibbs alone on ``num_datasets`` x 4 chains (100,000 on an
+    accelerator: issue 17's GPU target is all of them at ESS >= 400 within ``SCALE_LIMIT_S``), in
+    shards of ``shard_size`` run one after another; ``engine_time_to_ess``'s row with
+    ``within_limit``."""
+    row = engine_time_to_ess(root, "gibbs", num_datasets, num_warmup=num_warmup, max_draws=max_draws,
+                             target=target, dtype=dtype, scale_to=num_datasets, shard_size=shard_size,
+                             progress=progress)
+    return {**row, "shard_size": shard_size, "within_limit": row["reached"] and row["wall_s"] < SCALE_LIMIT_S}
+
+
+SCALE_COLUMNS = ("procedure", "datasets", "shards", "shard_size", "draws", "wall_s", "reached", "datasets_at_target",
+                 "min_ess", "dataset_ess_per_s", "chain_sweeps_per_s", "compile_block_s", "within_limit")
 
 
 COLUMNS = ("procedure", "datasets", "draws", "wall_s", "reached", "datasets_at_target", "min_ess", "dataset_ess_per_s",

@@ -18,7 +18,7 @@ from sampler.bench.measure import device_description, format_table, print_text
 from sampler.core.precision import configure_jax
 from sampler.errors import UserError
 
-PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess", "headline", "sts", "sts-panel")
+PARTS = ("grad", "parallel", "e2e", "io", "rss", "warmup", "ess", "headline", "scale", "sts", "sts-panel")
 
 
 def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optional[int] = None,
@@ -78,6 +78,9 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
                 num_warmup=100 if quick else ess.BURN_IN, seed_max_draws=2000 if quick else 20000,
                 target=100.0 if quick else ess.TARGET_ESS)
             print_text(out, format_table(results[part], ess.COLUMNS))
+        if "scale" in parts:
+            results["scale"] = [_scale(root, quick, datasets, dtype, out)]
+            print_text(out, format_table(results["scale"], ess.SCALE_COLUMNS))
         if "sts" in parts:
             results["sts"] = structural.sweep_throughput(num_series=8 if quick else 64, sweeps=20 if quick else 100)
             print_text(out, format_table(results["sts"], structural.COLUMNS))
@@ -87,6 +90,17 @@ def run(*, quick: bool = False, batches: Optional[str] = None, datasets: Optiona
                 sweeps=100 if quick else 1000, block=50 if quick else 250)]
             print_text(out, format_table(results["sts-panel"], structural.PANEL_COLUMNS))
     return results
+
+
+def _scale(root: Path, quick: bool, datasets: Optional[int], dtype: str, out: Optional[TextIO]) -> dict:
+    """Gibbs alone to ESS >= 400 on many datasets: 100,000 in shards of ``ess.ACCELERATOR_SHARD`` on
+    an accelerator; on a CPU 512 in shards of 256 (two shards: the same path, in minutes)."""
+    accelerator = jax.default_backend() != "cpu"
+    n = datasets or (8 if quick else 100_000 if accelerator else 512)
+    shard = min(n, 4 if quick else ess.ACCELERATOR_SHARD if accelerator else 256)
+    return ess.scale_time_to_ess(root / "scale", num_datasets=n, shard_size=shard, dtype=dtype,
+                                 num_warmup=100 if quick else ess.BURN_IN, max_draws=500 if quick else 8000,
+                                 target=100.0 if quick else ess.TARGET_ESS, progress=out)
 
 
 def _e2e(root: Path, n: int, draws: int, settings: dict, out: Optional[TextIO]) -> list[dict]:
