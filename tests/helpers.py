@@ -200,3 +200,17 @@ def wait_while_running(proc, ready, timeout: float = 400, what: str = "the run e
     while not ready():
         assert proc.poll() is None and time.time() < deadline, what
         time.sleep(0.05)
+
+
+def diagnostics_rows(rng, C: int, N: int, x=None):
+    """(30, C, N) rows that exercise an ESS / R-hat implementation (or ``x``, (K >= 30, C, N), with
+    rows 5-26 so overwritten): random walks, chains that disagree, heavy tails, ties, a constant row,
+    a NaN."""
+    x = rng.normal(size=(30, C, N)) if x is None else x
+    x[5:10] = np.cumsum(x[5:10], axis=2)                      # strongly autocorrelated
+    x[10:15] += np.arange(C)[None, :, None]                   # chains disagree
+    x[15:20] = rng.standard_cauchy(size=(5, C, N))            # heavy tails
+    x[20:25] = rng.integers(0, 3, size=(5, C, N))             # ties (repeated values)
+    x[25] = 2.0                                               # constant
+    x[26, 0, 1] = np.nan
+    return x

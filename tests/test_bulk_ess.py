@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sampler.analysis.bulk_ess import bulk_ess
+from helpers import diagnostics_rows
 
 
 def _ar1(rng, phi, shape):
@@ -23,13 +24,8 @@ def test_bulk_ess_equals_arviz():
     from arviz.stats.diagnostics import _ess_bulk
     rng = np.random.default_rng(0)
     for C, N in ((4, 300), (2, 33), (1, 40), (3, 6), (4, 5), (2, 4)):
-        x = _ar1(rng, np.linspace(-0.9, 0.99, 40), (40, C, N))   # Geyer's truncation at every lag
-        x[5:10] = np.cumsum(x[5:10], axis=2)                      # random walks
-        x[10:15] += np.arange(C)[None, :, None]                   # chains disagree
-        x[15:20] = rng.standard_cauchy(size=(5, C, N))            # heavy tails
-        x[20:25] = rng.integers(0, 3, size=(5, C, N))             # ties (repeated values)
-        x[25] = 2.0                                               # constant
-        x[26, 0, 1] = np.nan
+        # AR(1) rows (Geyer's truncation at every lag), rows 5-26 overwritten by the shared battery
+        x = diagnostics_rows(rng, C, N, _ar1(rng, np.linspace(-0.9, 0.99, 40), (40, C, N)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             want = np.array([_ess_bulk(row) for row in x])

@@ -17,7 +17,7 @@ from sampler.analysis import forecast as fc
 from sampler.core import predictive
 from sampler.core.leaves import LEAVES, store_name
 from sampler.core.model import params_from_leaves
-from helpers import cli_here, simulate, write_config
+from helpers import cli_here, diagnostics_rows, simulate, write_config
 
 PARTS = ("smooth_mean", "smooth_std", "forecast_mean", "forecast_std")
 HORIZON = 6  # one compiled pass shape for most tests
@@ -251,13 +251,7 @@ def test_vectorised_diagnostics_equal_arviz():
     from arviz.stats.diagnostics import _ess_bulk, _ess_tail, _rhat_rank
     rng = np.random.default_rng(0)
     for C, N in ((4, 200), (2, 33), (1, 40), (3, 6)):
-        x = rng.normal(size=(30, C, N))
-        x[5:10] = np.cumsum(x[5:10], axis=2)                      # strongly autocorrelated
-        x[10:15] += np.arange(C)[None, :, None]                   # chains disagree
-        x[15:20] = rng.standard_cauchy(size=(5, C, N))            # heavy tails
-        x[20:25] = rng.integers(0, 3, size=(5, C, N))             # ties (repeated values)
-        x[25] = 2.0                                               # constant
-        x[26, 0, 1] = np.nan
+        x = diagnostics_rows(rng, C, N)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             want = [np.array([f(row) for row in x]) for f in (_rhat_rank, _ess_bulk, _ess_tail)]
