@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import zarr
 from scipy import special
-from scipy.fft import next_fast_len
 
+from sampler.analysis.bulk_ess import geyer_ess
 from sampler.core.leaves import LEAVES, is_covariance, scalar_entries, store_name
 from sampler.core.model import Model
 from sampler.storage.rundir import RunDir
@@ -71,57 +72,11 @@ def _rhat(x):
         return np.sqrt((between / within + n - 1) / n)
 
 
-def _autocov(x):
-    """Autocovariance of each chain at every lag (FFT), (K, C, N)."""
-    n = x.shape[2]
-    m = next_fast_len(2 * n)
-    x = x - x.mean(axis=2, keepdims=True)
-    f = np.fft.rfft(x, n=m, axis=2)
-    return np.fft.irfft(f * np.conjugate(f), n=m, axis=2)[:, :, :n] / n
-
-
 def _ess(x):
-    """ESS of each row of (K, C, N) by Geyer's initial monotone sequence (arviz's ``_ess``)."""
-    K, C, N = x.shape
-    x = np.asarray(x, dtype=float)
-    acov = _autocov(x)
-    mean_var = acov[:, :, 0].mean(axis=1) * N / (N - 1.0)
-    var_plus = mean_var * (N - 1.0) / N
-    if C > 1:
-        var_plus = var_plus + np.var(x.mean(axis=2), axis=1, ddof=1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # constant rows: replaced below
-        rho_all = 1.0 - (mean_var[:, None] - acov.mean(axis=1)) / var_plus[:, None]  # (K, N)
-    rho = np.zeros((K, N))
-    rho[:, 0] = 1.0
-    rho[:, 1] = rho_all[:, 1]
-    even, odd = np.ones(K), rho_all[:, 1].copy()
-    active = np.ones(K, dtype=bool)
-    t_end = np.ones(K, dtype=int)
-    for t in range(1, N - 3, 2):  # Geyer's initial positive sequence, rows stop independently
-        active &= (even + odd) > 0.0
-        if not active.any():
-            break
-        e, o = rho_all[:, t + 1], rho_all[:, t + 2]
-        even, odd = np.where(active, e, even), np.where(active, o, odd)
-        keep = active & (e + o >= 0)
-        rho[keep, t + 1], rho[keep, t + 2] = e[keep], o[keep]
-        t_end = np.where(active, t + 2, t_end)
-    max_t = t_end - 2
-    rows = np.arange(K)
-    last = even > 0
-    rho[rows[last], max_t[last] + 1] = even[last]
-    for t in range(1, int(max_t.max(initial=0)) - 1, 2):  # Geyer's initial monotone sequence
-        prev = rho[:, t - 1] + rho[:, t]
-        fix = (t <= max_t - 2) & (rho[:, t + 1] + rho[:, t + 2] > prev)
-        rho[fix, t + 1] = rho[fix, t + 2] = prev[fix] / 2.0
-    lag = np.arange(N)[None, :]
-    tau = (-1.0 + 2.0 * np.sum(np.where(lag <= max_t[:, None], rho, 0.0), axis=1)
-           + np.sum(np.where(lag == max_t[:, None] + 1, rho, 0.0), axis=1))
-    total = C * N
-    ess = total / np.maximum(tau, 1.0 / np.log10(total))
-    ess = np.where(np.isnan(rho).any(axis=1), np.nan, ess)
-    constant = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))) < np.finfo(float).resolution
-    return np.where(constant, float(total), ess)
+    """ESS of each row of (K, C, N) by Geyer's initial monotone sequence (arviz's ``_ess``): the one
+    implementation, ``sampler.analysis.bulk_ess.geyer_ess``, in float64."""
+    with jax.enable_x64(True):
+        return np.asarray(geyer_ess(np.asarray(x, dtype=np.float64)))
 
 
 def _valid(x, min_chains: int) -> np.ndarray:
